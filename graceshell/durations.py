@@ -1,0 +1,35 @@
+"""Durations as users write them: `25`, `25s`, `1.5s`, `500ms`, `2m`, `1m30s`."""
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h)?")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in `text`; raises ValueError with a message fit for the user."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid duration {text!r} (use e.g. 25s, 500ms, 2m)")
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError(f"duration {text!r} is negative")
+        return float(text)
+    spec = text.strip().lower()
+    pos, total, parts = 0, 0.0, 0
+    while pos < len(spec):
+        match = _PART.match(spec, pos)
+        # A bare number is only allowed alone ("25"), not inside "1m30".
+        if match is None or (match.group(2) is None and (parts or match.end() != len(spec))):
+            raise ValueError(f"invalid duration {text!r} (use e.g. 25s, 500ms, 2m, 1m30s)")
+        total += float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        pos, parts = match.end(), parts + 1
+    if parts == 0:
+        raise ValueError("empty duration (use e.g. 25s, 500ms, 2m)")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Shortest exact form for logs and `check`: 25s, 1.5s, 500ms."""
+    if seconds != 0 and seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"

@@ -1,0 +1,26 @@
+"""Errors the user can act on, and the exit codes they map to.
+
+Every error graceshell reports is one line on stderr; these exceptions carry
+that line and the documented exit status, so no caller prints a traceback.
+"""
+
+USAGE_EXIT = 2  # usage and configuration errors
+NOT_EXECUTABLE_EXIT = 126
+NOT_FOUND_EXIT = 127
+
+
+class GraceshellError(Exception):
+    """A problem reported as one line, ending the command with `exit_code`."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class UsageError(GraceshellError):
+    """Bad flags, values or configuration: exit 2, nothing started."""
+
+    exit_code = USAGE_EXIT

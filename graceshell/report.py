@@ -1,0 +1,67 @@
+"""The exit-status report: one `graceshell.exit` event that says how it ended.
+
+outcome:
+  clean      a stop was asked for and the worker ended within the first
+             step: exit 0, or by the very signal it was sent
+  escalated  a stop needed a later ladder step, but no SIGKILL
+  killed     the final SIGKILL fired and took down at least one process
+  exited     no stop was asked for; the worker ended on its own with 0
+  crashed    the worker failed: non-zero or killed by a signal, without a
+             stop request, or a stop whose first step it answered with an error
+"""
+
+import os
+import signal
+from typing import Any
+
+from graceshell.ladder import describe
+from graceshell.plan import RunPlan
+from graceshell.signals import signal_name
+
+
+def exit_code_of(status: int | None) -> int:
+    """The shell's convention: the exit code, or 128+N for death by signal N."""
+    if status is None:
+        return 128 + signal.SIGKILL  # a survivor we could not reap was SIGKILLed
+    code = os.waitstatus_to_exitcode(status)
+    return code if code >= 0 else 128 - code
+
+
+def outcome_of(status: int | None, stop_signal: int | None, first_signal: int | None,
+               steps_fired: int, kill_fired: bool, killed: list[dict[str, Any]]) -> str:
+    if kill_fired and any(entry.get("signal") == "KILL" for entry in killed):
+        return "killed"
+    code = exit_code_of(status)
+    if stop_signal is None:
+        return "exited" if code == 0 else "crashed"
+    if steps_fired > 1:
+        return "escalated"
+    died_of_request = first_signal is not None and code == 128 + first_signal
+    return "clean" if code == 0 or died_of_request else "crashed"
+
+
+def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: int | None,
+                 first_signal: int | None, steps_fired: int, kill_fired: bool,
+                 killed: list[dict[str, Any]], survivors: list[dict[str, Any]], uptime_s: float,
+                 shutdown_s: float | None, reaped_orphans: int) -> dict[str, Any]:
+    code = exit_code_of(status)
+    died_of = -os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None
+    report: dict[str, Any] = {
+        "outcome": outcome_of(status, stop_signal, first_signal, steps_fired, kill_fired, killed),
+        "exit_code": code,
+        "signal": signal_name(died_of) if died_of else None,
+        "stop_signal": signal_name(stop_signal) if stop_signal is not None else None,
+        "pid": pid,
+        "uptime_s": round(uptime_s, 3),
+        "shutdown_s": round(shutdown_s, 3) if shutdown_s is not None else None,
+        "budget_s": plan.budget,
+        "platform_timeout_s": plan.platform_timeout,
+        "platform": plan.platform.name,
+        "ladder": describe(plan.ladder, first_signal),
+        "steps_fired": steps_fired,
+        "killed": killed,
+        "reaped_orphans": reaped_orphans,
+    }
+    if survivors:
+        report["survivors"] = survivors
+    return report

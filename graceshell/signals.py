@@ -1,0 +1,68 @@
+"""Signal names as users write them (`TERM`, `SIGTERM`, `15`, `RTMIN+2`) and
+the sets of signals graceshell handles."""
+
+import signal
+
+# Faults raised by the CPU for graceshell itself: catching them would hide a
+# crash of ours, and nobody sends them to ask a worker to do something.
+_SYNCHRONOUS_FAULTS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP,
+     signal.SIGSYS, signal.SIGABRT}
+)
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+DEFAULT_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def forwardable_signals() -> frozenset[int]:
+    """Signals graceshell catches and passes on: everything but the faults,
+    the uncatchable ones, and SIGCHLD (which is graceshell's own business)."""
+    return frozenset(
+        int(s) for s in signal.valid_signals()
+        if s not in _SYNCHRONOUS_FAULTS and s not in _UNCATCHABLE and s != signal.SIGCHLD
+    )
+
+
+def signal_name(signum: int) -> str:
+    """`TERM` for 15, `RTMIN+2` for a real-time signal, the number otherwise."""
+    rtmin, rtmax = int(signal.SIGRTMIN), int(signal.SIGRTMAX)
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        if rtmin < signum < rtmax:
+            return f"RTMIN+{signum - rtmin}"
+        return str(signum)
+    return name[3:]
+
+
+def _known_names() -> dict[str, int]:
+    names = {s.name[3:]: int(s) for s in signal.Signals if s.name.startswith("SIG")}
+    # Aliases such as SIGIOT or SIGCLD share a number; keep the canonical name.
+    return {n: v for n, v in names.items() if signal_name(v) == n}
+
+
+def parse_signal(text: str | int) -> int:
+    """The signal number for `text`; ValueError with a hint when unknown."""
+    if isinstance(text, bool):
+        raise ValueError(f"unknown signal {text!r}")
+    if isinstance(text, int) or str(text).strip().isdigit():
+        number = int(text)
+        if number not in {int(s) for s in signal.valid_signals()}:
+            raise ValueError(f"unknown signal number {number}")
+        return number
+    spec = str(text).strip().upper()
+    bare = spec[3:] if spec.startswith("SIG") else spec
+    known = _known_names()
+    if bare in known:
+        return known[bare]
+    for base, sign in (("RTMIN+", 1), ("RTMAX-", -1)):
+        if bare.startswith(base) and bare[len(base):].isdigit():
+            anchor = signal.SIGRTMIN if sign > 0 else signal.SIGRTMAX
+            number = int(anchor) + sign * int(bare[len(base):])
+            if int(signal.SIGRTMIN) <= number <= int(signal.SIGRTMAX):
+                return number
+    import difflib  # only on the error path
+
+    close = difflib.get_close_matches(bare, list(known), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else " (use e.g. TERM, SIGQUIT or 15)"
+    raise ValueError(f"unknown signal {str(text)!r}{hint}")

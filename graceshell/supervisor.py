@@ -1,0 +1,348 @@
+"""The run loop: spawn the worker, then sleep until something happens.
+
+Everything that can wake graceshell is a file descriptor in one selector:
+the signal wakeup pipe (every caught signal, SIGCHLD included, writes its
+number there) and the worker's pidfd. The only timeout is the next deadline
+(a ladder step, a leftover kill, the reap grace), so an idle worker costs
+graceshell no wake-ups at all.
+
+All reaping happens in one place (`_reap`), so the worker's pid cannot be
+recycled while graceshell still holds it, and signals to the worker go
+through its pidfd where the kernel has them.
+"""
+
+import os
+import selectors
+import signal
+import time
+from typing import Any
+
+from graceshell import tree
+from graceshell.ladder import describe
+from graceshell.logs import Logger
+from graceshell.plan import RunPlan
+from graceshell.report import build_report
+from graceshell.signals import forwardable_signals, signal_name
+
+# How long to wait for the kernel to finish off a SIGKILLed tree before
+# reporting survivors (processes stuck in uninterruptible sleep) and leaving.
+REAP_GRACE = 5.0
+# Signals Python itself ignores at start-up; their SIG_IGN says nothing about
+# what our parent wanted, so they are caught and reset for the worker.
+_PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))})
+
+
+def _note_signal(signum: int, frame: Any) -> None:
+    """Handler for every caught signal: the wakeup fd carries the news."""
+
+
+class Supervisor:
+    def __init__(self, plan: RunPlan, log: Logger) -> None:
+        self.plan = plan
+        self.log = log.bind(process=plan.name)
+        self.caught: frozenset[int] = frozenset()
+        self.pid = 0
+        self.pidfd: int | None = None
+        self.started = 0.0
+        # Stop timeline (monotonic seconds); None until it happens.
+        self.stop_at: float | None = None
+        self.stop_signal: int | None = None
+        self.first_signal: int | None = None
+        self.next_step = 0
+        self.steps_fired = 0
+        self.kill_fired_at: float | None = None
+        # The worker's end and what it left behind.
+        self.main_status: int | None = None
+        self.main_exit_at: float | None = None
+        self.leftover_term_at: float | None = None
+        self.children_remain = True
+        self.killed: list[dict[str, Any]] = []
+        self.survivors: list[dict[str, Any]] = []
+        self.reaped_orphans = 0
+
+    # -- start ---------------------------------------------------------------
+
+    def _catch_signals(self) -> int:
+        """Route every signal we handle into a non-blocking wakeup pipe."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        # Our parent may have blocked signals; we must see them all.
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        caught = set()
+        for signum in sorted(forwardable_signals() | self.plan.stop_signals | {int(signal.SIGCHLD)}):
+            inherited_ignore = (signal.getsignal(signum) == signal.SIG_IGN
+                                and signum not in _PYTHON_IGNORES)
+            # A signal our parent ignored (nohup's HUP) stays ignored, for us
+            # and the worker; stop signals are always ours to handle.
+            if inherited_ignore and signum not in self.plan.stop_signals and signum != signal.SIGCHLD:
+                continue
+            signal.signal(signum, _note_signal)
+            caught.add(signum)
+        self.caught = frozenset(caught)
+        return read_fd
+
+    def start(self) -> int:
+        """Catch signals, adopt orphans, spawn the worker; returns the wakeup fd.
+
+        Signals are caught before the spawn, so a stop that arrives before
+        the worker exists waits in the pipe and is acted on right after.
+        Raises OSError when the command cannot be executed.
+        """
+        wakeup = self._catch_signals()
+        self.subreaper = tree.become_subreaper()
+        env = self.plan.env if self.plan.env is not None else dict(os.environ)
+        self.pid = tree.spawn_worker(self.plan.argv, env, self.caught | _PYTHON_IGNORES)
+        self.started = time.monotonic()
+        if hasattr(os, "pidfd_open"):
+            try:
+                self.pidfd = os.pidfd_open(self.pid)
+            except OSError:  # kernels before 5.3
+                self.pidfd = None
+        return wakeup
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Supervise until the worker and everything it started are gone."""
+        wakeup = self.start()
+        self.log.info(
+            "graceshell.start", pid=self.pid, command=self.plan.argv, graceshell_pid=os.getpid(),
+            platform=self.plan.platform.name, platform_source=self.plan.platform_source,
+            platform_timeout_s=self.plan.platform_timeout, budget_s=self.plan.budget,
+            ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None)
+        selector = selectors.DefaultSelector()
+        selector.register(wakeup, selectors.EVENT_READ)
+        if self.pidfd is not None:
+            selector.register(self.pidfd, selectors.EVENT_READ)
+        while True:
+            for key, _ in selector.select(self._timeout()):
+                if key.fd == wakeup:
+                    self._drain(wakeup)
+            self._reap(selector)
+            self._fire_due(time.monotonic())
+            if self.main_status is not None and not self.children_remain:
+                break
+            if self.kill_fired_at is not None and time.monotonic() >= self.kill_fired_at + REAP_GRACE:
+                self.survivors = tree.living_descendants()
+                break
+        return self._finish()
+
+    def _drain(self, wakeup: int) -> None:
+        while True:
+            try:
+                data = os.read(wakeup, 512)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum != signal.SIGCHLD:
+                    self._on_signal(signum)
+
+    def _deadlines(self) -> list[float]:
+        """Every moment at which graceshell must act without being woken."""
+        due = []
+        if self.kill_fired_at is not None:
+            return [self.kill_fired_at + REAP_GRACE]
+        if self.stop_at is not None and self.main_status is None and self.next_step < len(self.plan.ladder):
+            due.append(self.stop_at + self.plan.ladder[self.next_step].at)
+        if self.main_status is not None and self.children_remain:
+            assert self.main_exit_at is not None
+            if self.leftover_term_at is None:
+                due.append(self.main_exit_at + self.plan.linger)
+            else:
+                due.append(self.leftover_term_at + self.plan.linger)
+            if self.stop_at is not None:
+                due.append(self.stop_at + self.plan.kill_at)
+        return due
+
+    def _timeout(self) -> float | None:
+        due = self._deadlines()
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _fire_due(self, now: float) -> None:
+        if self.kill_fired_at is not None:
+            return
+        if self.main_status is None:
+            while (self.stop_at is not None and self.next_step < len(self.plan.ladder)
+                   and now >= self.stop_at + self.plan.ladder[self.next_step].at):
+                self._fire_step(now)
+            return
+        if not self.children_remain:
+            return
+        if self.stop_at is not None and now >= self.stop_at + self.plan.kill_at:
+            self._kill_tree(now, reason="budget")
+        elif self.leftover_term_at is None and now >= self.main_exit_at + self.plan.linger:  # type: ignore[operator]
+            self._term_leftovers(now)
+        elif self.leftover_term_at is not None and now >= self.leftover_term_at + self.plan.linger:
+            self._kill_tree(now, reason="leftovers")
+
+    # -- signals in -----------------------------------------------------------
+
+    def _on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        name = signal_name(signum)
+        if signum not in self.plan.stop_signals:
+            sent = self.plan.remap.get(signum, signum)
+            if self._send_main(sent):
+                self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
+            else:
+                self.log.info("graceshell.signal", signal=name, action="dropped", reason="worker has exited")
+            return
+        if self.stop_at is None:
+            self.stop_at, self.stop_signal = now, signum
+            self.first_signal = self.plan.first_signal(signum)
+            self.log.info("graceshell.signal", signal=name, action="stop", budget_s=self.plan.budget,
+                          ladder=describe(self.plan.ladder, self.first_signal))
+            if self.main_status is None:
+                self._fire_step(now)
+            else:
+                self._escalate_leftovers(now)
+            tree.warm_up()  # after the worker has its signal: later steps must be on time
+            return
+        self._on_repeat_stop(signum, now)
+
+    def _on_repeat_stop(self, signum: int, now: float) -> None:
+        name = signal_name(signum)
+        platform = self.plan.platform
+        if platform.repeats_stop_signal and signum == platform.stop_signal == self.stop_signal:
+            self.log.info("graceshell.signal", signal=name, action="ignored",
+                          reason=f"{platform.name} repeats its stop signal")
+            return
+        policy = self.plan.second_signal
+        self.log.info("graceshell.signal", signal=name, action=policy, repeat=True)
+        if policy == "forward":
+            sent = self.plan.remap.get(signum, signum)
+            if self._send_main(sent):
+                self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
+        elif policy == "escalate":
+            if self.main_status is None:
+                if self.next_step < len(self.plan.ladder):
+                    self._fire_step(now)
+            else:
+                self._escalate_leftovers(now)
+
+    # -- signals out ----------------------------------------------------------
+
+    def _send_main(self, signum: int) -> bool:
+        """Signal the worker alone; False when it has already exited."""
+        if self.main_status is not None:
+            return False
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            else:
+                os.kill(self.pid, signum)  # safe: only we reap it, so the pid is still its own
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _fire_step(self, now: float) -> None:
+        index = self.next_step
+        step = self.plan.ladder[index]
+        self.next_step += 1
+        self.steps_fired += 1
+        assert self.stop_at is not None
+        if step.signal == signal.SIGKILL:
+            self._kill_tree(now, reason="budget" if now >= self.stop_at + step.at else "second signal")
+            return
+        sent = step.signal if index else self.first_signal
+        assert sent is not None
+        delivered = self._send_main(sent)
+        if index == 0:
+            self.log.info("graceshell.forward", signal=signal_name(sent), received=signal_name(self.stop_signal or sent),
+                          pid=self.pid, delivered=delivered)
+        else:
+            self.log.warning("graceshell.escalate", step=index, signal=signal_name(sent), pid=self.pid,
+                             at_s=step.at, elapsed_s=round(now - self.stop_at, 4), delivered=delivered)
+
+    def _kill_tree(self, now: float, reason: str) -> None:
+        """SIGKILL everything: the worker, its group, every descendant and orphan."""
+        self.kill_fired_at = now
+        killed = tree.signal_descendants(signal.SIGKILL, until_gone=True)
+        if self.main_status is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # the group, in case anything escaped the scan
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.killed.extend(killed)
+        elapsed = round(now - self.stop_at, 4) if self.stop_at is not None else None
+        self.log.warning("graceshell.escalate", step="final", signal="KILL", reason=reason, elapsed_s=elapsed,
+                         killed=killed)
+
+    def _term_leftovers(self, now: float) -> None:
+        self.leftover_term_at = now
+        termed = tree.signal_descendants(signal.SIGTERM, until_gone=False)
+        self.killed.extend(termed)
+        self.log.warning("graceshell.leftovers", action="term", processes=termed, linger_s=self.plan.linger)
+
+    def _escalate_leftovers(self, now: float) -> None:
+        """A stop request after the worker exited: take the leftovers down now."""
+        if not self.children_remain:
+            return
+        if self.leftover_term_at is None:
+            self._term_leftovers(now)
+        else:
+            self._kill_tree(now, reason="second signal")
+
+    # -- reaping --------------------------------------------------------------
+
+    def _reap(self, selector: selectors.BaseSelector) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children_remain = False
+                return
+            if pid == 0:
+                self.children_remain = True
+                return
+            if pid == self.pid:
+                self._on_main_exit(status, selector)
+            else:
+                self.reaped_orphans += 1
+                self.log.debug("graceshell.reap", pid=pid, exit_code=os.waitstatus_to_exitcode(status))
+
+    def _on_main_exit(self, status: int, selector: selectors.BaseSelector) -> None:
+        self.main_status, self.main_exit_at = status, time.monotonic()
+        if self.pidfd is not None:
+            selector.unregister(self.pidfd)  # an exited pidfd stays readable forever
+            os.close(self.pidfd)
+            self.pidfd = None
+        code = os.waitstatus_to_exitcode(status)
+        self.log.info("graceshell.reap", pid=self.pid, main=True, exit_code=code if code >= 0 else None,
+                      signal=signal_name(-code) if code < 0 else None)
+        # Anyone still around now is a leftover of the worker's.
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if self.kill_fired_at is None:
+            self.log.info("graceshell.leftovers", action="linger", linger_s=self.plan.linger,
+                          processes=tree.living_descendants())
+
+    # -- the end --------------------------------------------------------------
+
+    def _finish(self) -> int:
+        assert self.main_status is not None or self.survivors
+        report = build_report(
+            plan=self.plan, pid=self.pid, status=self.main_status, stop_signal=self.stop_signal,
+            first_signal=self.first_signal, steps_fired=self.steps_fired,
+            kill_fired=self.kill_fired_at is not None, killed=self.killed, survivors=self.survivors,
+            uptime_s=time.monotonic() - self.started,
+            shutdown_s=time.monotonic() - self.stop_at if self.stop_at is not None else None,
+            reaped_orphans=self.reaped_orphans)
+        level = "warning" if report["outcome"] in ("killed", "escalated", "crashed") or self.survivors else "info"
+        self.log.log(level, "graceshell.exit", **report)
+        exit_code = report["exit_code"]
+        assert isinstance(exit_code, int)
+        return exit_code
+
+
+def run(plan: RunPlan, log: Logger) -> int:
+    """Supervise `plan`; returns graceshell's exit status. OSError when the
+    command cannot be started (the caller maps it to 126/127)."""
+    return Supervisor(plan, log).run()
+

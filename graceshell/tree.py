@@ -1,0 +1,111 @@
+"""graceshell's process tree: subreaping, finding every descendant, killing it.
+
+As a child subreaper (Linux PR_SET_CHILD_SUBREAPER) graceshell becomes the
+parent of every orphan its worker leaves behind, daemons that called setsid
+and double-forked included. Its own descendants are therefore the whole
+tree: nothing the worker started can hide in another session or group.
+psutil is imported only when a tree has to be signalled.
+"""
+
+import os
+import sys
+import time
+from typing import Any
+
+PR_SET_CHILD_SUBREAPER = 36
+# Rounds of "find the living, kill them" before giving up: each round catches
+# children forked between the previous scan and its kill.
+_KILL_ROUNDS = 20
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux only); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def spawn_worker(argv: list[str], env: dict[str, str], reset: frozenset[int]) -> int:
+    """Start the worker in a new session, its own process group, and return its pid.
+
+    posix_spawnp resets the signals graceshell catches to their defaults in
+    the child before exec (glibc does it with every signal blocked, so no
+    handler of ours can run in the child), and reports exec errors
+    (ENOENT, EACCES) to us as OSError.
+    """
+    return os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=reset)
+
+
+def warm_up() -> None:
+    """Import psutil ahead of need, so that a later kill is not late by its import."""
+    import psutil  # noqa: F401
+
+
+def _describe(proc: Any, now: float) -> dict[str, Any] | None:
+    """pid, cmd and age of a live process, or None when it is gone or a zombie."""
+    import psutil
+
+    try:
+        with proc.oneshot():
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            try:
+                cmd = " ".join(proc.cmdline()) or proc.name()
+            except psutil.AccessDenied:
+                cmd = proc.name()
+            return {"pid": proc.pid, "cmd": cmd, "age_s": round(now - proc.create_time(), 3)}
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+
+
+def signal_descendants(signum: int, *, until_gone: bool) -> list[dict[str, Any]]:
+    """Send `signum` to every live descendant of graceshell.
+
+    Returns one entry (pid, cmd, age_s, signal) per process signalled. With
+    `until_gone` (for SIGKILL) it scans again until a scan finds nobody new,
+    so that children forked while the tree was being killed die too.
+    """
+    import psutil
+
+    from graceshell.signals import signal_name
+
+    me = psutil.Process()
+    hit: dict[int, dict[str, Any]] = {}
+    for _ in range(_KILL_ROUNDS if until_gone else 1):
+        now = time.time()
+        try:
+            found = me.children(recursive=True)
+        except psutil.Error:
+            found = []
+        fresh = 0
+        for proc in found:
+            if proc.pid in hit:
+                continue
+            info = _describe(proc, now)
+            if info is None:
+                continue
+            try:
+                proc.send_signal(signum)  # psutil checks the pid was not reused
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            info["signal"] = signal_name(signum)
+            hit[proc.pid] = info
+            fresh += 1
+        if not fresh:
+            break
+    return list(hit.values())
+
+
+def living_descendants() -> list[dict[str, Any]]:
+    """pid, cmd, age of every descendant still alive (for the survivors warning)."""
+    import psutil
+
+    now = time.time()
+    try:
+        found = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    return [info for info in (_describe(p, now) for p in found) if info is not None]

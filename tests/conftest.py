@@ -1,0 +1,136 @@
+"""Helpers to run graceshell for real: a subprocess, real signals, real pids."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+WORKER = str(Path(__file__).with_name("worker.py"))
+PLATFORM_VARS = ("DYNO", "RENDER", "RENDER_INSTANCE_ID", "RENDER_SERVICE_ID", "FLY_APP_NAME", "FLY_MACHINE_ID",
+                 "RAILWAY_REPLICA_ID", "RAILWAY_DEPLOYMENT_ID", "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
+                 "K_SERVICE", "CLOUD_RUN_JOB", "ECS_CONTAINER_METADATA_URI_V4", "KUBERNETES_SERVICE_HOST",
+                 "INVOCATION_ID", "JOURNAL_STREAM", "GRACESHELL_LOG_FORMAT", "GRACESHELL_LOG_LEVEL")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PLATFORM_VARS}
+    env.update(extra)
+    return env
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Run:
+    """One `graceshell run` in its own session, logging JSON to a file."""
+
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None) -> None:
+        self.state = tmp
+        self.stderr_path = tmp / "graceshell.stderr"
+        self.stdout_path = tmp / "graceshell.stdout"
+        with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "graceshell", "run", *args],
+                stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                env=env if env is not None else clean_env(), start_new_session=True)
+        self.pid = self.proc.pid
+
+    def ready(self, timeout: float = 10.0) -> dict[str, Any]:
+        path = self.state / "ready.json"
+        wait_for(lambda: path.exists() or self.proc.poll() is not None, timeout, "worker ready")
+        assert path.exists(), f"worker never got ready: {self.stderr()}"
+        return json.loads(path.read_text())
+
+    def signals(self, pid: int) -> list[tuple[str, float]]:
+        path = self.state / f"{pid}.log"
+        if not path.exists():
+            return []
+        return [(line.split()[0], float(line.split()[1])) for line in path.read_text().splitlines()]
+
+    def names(self, pid: int) -> list[str]:
+        return [name for name, _ in self.signals(pid)]
+
+    def kill(self, signum: int) -> float:
+        sent = time.monotonic()
+        os.kill(self.pid, signum)
+        return sent
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.stderr().splitlines():
+            if line.startswith("{"):
+                found.append(json.loads(line))
+        return found
+
+    def event(self, name: str) -> dict[str, Any]:
+        matches = [e for e in self.events() if e["event"] == name]
+        assert matches, f"no {name} event in: {self.stderr()}"
+        return matches[-1]
+
+    def report(self) -> dict[str, Any]:
+        return self.event("graceshell.exit")
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                tree = psutil.Process(self.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                tree = []
+            for proc in [psutil.Process(self.pid), *tree]:
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def graceshell(tmp_path: Path):
+    """graceshell(*run_args, env=None) -> Run; everything is killed at teardown."""
+    runs: list[Run] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Run:
+        run = Run(tmp_path, list(args), env)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.cleanup()
+
+
+@pytest.fixture
+def worker(tmp_path: Path):
+    """The argv of the test worker, after `--`: worker(*worker_args)."""
+
+    def argv(*args: str) -> list[str]:
+        return ["--", sys.executable, WORKER, str(tmp_path), *args]
+
+    return argv
