@@ -3,12 +3,17 @@
 Parsing only: every decision is made in plan.py and carried out by the
 supervisor. Errors end as one line on stderr and a documented exit status
 (2 for usage), never a traceback.
+
+argparse, not click: the parser is on the path of every worker start, and
+importing click costs about three times Python's own start-up here, more
+than the whole of `graceshell run -- true` may take.
 """
 
-import sys
-from typing import Any, NoReturn
+from __future__ import annotations
 
-import click
+import argparse
+import os
+import sys
 
 from graceshell import __version__
 from graceshell.durations import parse_duration
@@ -16,113 +21,130 @@ from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, G
 from graceshell.logs import FORMATS, LEVELS
 from graceshell.signals import parse_signal
 
-RUN_HELP = """Supervise one worker through a platform stop.
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
 
-\b
+RUN_DESCRIPTION = """\
+Supervise one worker through a platform stop.
+
   graceshell run -- celery -A app worker
-  graceshell run --budget 25s --ladder 'QUIT@20s' -- rq worker
+  graceshell run --budget 25s --ladder 'QUIT@budget-5s' -- rq worker
 
 The worker runs in its own session, so signals aimed at graceshell's group
 never reach its children. On the first stop signal (TERM, INT, QUIT) the
 worker alone gets the ladder's first signal; later steps fire at their
 offsets; at the budget the whole tree is SIGKILLed, before the platform's
 own deadline. Other signals are passed to the worker as they are.
-"""
+
+exit status: the worker's; 128+N when it died of signal N; 2 usage error;
+126 not executable; 127 not found; 70 internal error."""
 
 
-def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line instead of usage + exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _duration(text: str) -> float:
     try:
-        return parse_duration(value)
+        return parse_duration(text)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _remaps(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[int, int]:
-    remap = {}
-    for value in values:
-        source, sep, target = value.partition(":")
-        if not sep:
-            raise click.BadParameter(f"{value!r} is not FROM:TO (e.g. TERM:QUIT)", ctx, param)
-        try:
-            remap[parse_signal(source)] = parse_signal(target)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), ctx, param) from None
-    return remap
-
-
-def _signal_list(ctx: click.Context, param: click.Parameter, value: str | None) -> frozenset[int] | None:
-    if value is None:
-        return None
+def _remap(text: str) -> tuple[int, int]:
+    source, sep, target = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FROM:TO (e.g. TERM:QUIT)")
     try:
-        return frozenset(parse_signal(part) for part in value.split(",") if part.strip())
+        return parse_signal(source), parse_signal(target)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="graceshell", message="%(prog)s %(version)s")
-def cli() -> None:
-    """graceshell: graceful shutdown for background-job workers."""
+def _signal_list(text: str) -> frozenset[int]:
+    try:
+        return frozenset(parse_signal(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-@cli.command(
-    "run",
-    help=RUN_HELP,
-    context_settings={"allow_interspersed_args": False},
-    options_metavar="[OPTIONS] --",
-)
-@click.option("--budget", metavar="DUR", callback=_duration,
-              help="Time from the first stop signal to the SIGKILL of the whole tree "
-                   "[default: platform timeout - 5s].")
-@click.option("--ladder", metavar="SPEC",
-              help="Escalation steps, e.g. 'TERM@0s,QUIT@budget-5s,KILL@25s'. KILL at the budget is implied.")
-@click.option("--remap", "remap", metavar="FROM:TO", multiple=True, callback=_remaps,
-              help="Send TO to the worker when graceshell receives FROM (repeatable).")
-@click.option("--second-signal", type=click.Choice(["escalate", "forward", "ignore"]), default="escalate",
-              show_default=True, help="What a second stop signal does.")
-@click.option("--linger", metavar="DUR", callback=_duration, default="2s", show_default=True,
-              help="After the worker exits, how long its leftovers may live before TERM (then KILL).")
-@click.option("--platform", metavar="NAME", help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, "
-                                                   "systemd, docker, none [default: detected].")
-@click.option("--platform-timeout", metavar="DUR", callback=_duration,
-              help="How long the platform waits after its stop signal before its SIGKILL.")
-@click.option("--stop-signals", metavar="LIST", callback=_signal_list,
-              help="Signals that start a stop [default: TERM,INT,QUIT].")
-@click.option("--name", metavar="NAME", help="Process name in logs [default: the command's name].")
-@click.option("--log-format", type=click.Choice(FORMATS), default="auto", show_default=True,
-              envvar="GRACESHELL_LOG_FORMAT", help="auto = console on a TTY, JSON otherwise.")
-@click.option("--log-level", type=click.Choice(list(LEVELS)), default="info", show_default=True,
-              envvar="GRACESHELL_LOG_LEVEL")
-@click.argument("command", nargs=-1, metavar="COMMAND [ARG]...")
-def run_command(command: tuple[str, ...], **options: Any) -> None:
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--budget", metavar="DUR", type=_duration,
+        help="time from the first stop signal to the SIGKILL of the whole tree "
+             "(default: platform timeout - 5s)")
+    add("--ladder", metavar="SPEC",
+        help="escalation steps, e.g. 'TERM@0s,QUIT@budget-5s,KILL@25s'; KILL at the budget is implied")
+    add("--remap", metavar="FROM:TO", type=_remap, action="append", default=[],
+        help="send TO to the worker when graceshell receives FROM (repeatable)")
+    add("--second-signal", choices=("escalate", "forward", "ignore"), default="escalate",
+        help="what a second stop signal does (default: escalate)")
+    add("--linger", metavar="DUR", type=_duration, default=2.0,
+        help="after the worker exits, how long its leftovers may live before TERM, then KILL (default: 2s)")
+    add("--platform", metavar="NAME",
+        help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, systemd, docker, none (default: detected)")
+    add("--platform-timeout", metavar="DUR", type=_duration,
+        help="how long the platform waits after its stop signal before its SIGKILL")
+    add("--stop-signals", metavar="LIST", type=_signal_list,
+        help="signals that start a stop (default: TERM,INT,QUIT)")
+    add("--name", metavar="NAME", help="process name in logs (default: the command's name)")
+    add("--log-format", metavar="FORMAT", default=os.environ.get("GRACESHELL_LOG_FORMAT") or "auto",
+        help="auto (console on a TTY, JSON otherwise), json, logfmt, console; $GRACESHELL_LOG_FORMAT")
+    add("--log-level", metavar="LEVEL", default=os.environ.get("GRACESHELL_LOG_LEVEL") or "info",
+        help="debug, info, warning, error (default: info); $GRACESHELL_LOG_LEVEL")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="graceshell", description="graceshell: graceful shutdown for background-job workers.")
+    parser.add_argument("--version", action="version", version=f"graceshell {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run", help="supervise one worker through a platform stop",
+        usage="graceshell run [OPTIONS] -- COMMAND [ARG]...", description=RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_run_options(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _check_choice(flag: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise UsageError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def run_command(options: argparse.Namespace) -> int:
     from graceshell.ladder import LadderError, parse_ladder_spec
     from graceshell.logs import Logger
     from graceshell.plan import make_plan
 
+    command = options.command[1:] if options.command[:1] == ["--"] else options.command
     ladder = None
-    if options["ladder"] is not None:
+    if options.ladder is not None:
         try:
-            ladder = parse_ladder_spec(options["ladder"])
+            ladder = parse_ladder_spec(options.ladder)
         except LadderError as exc:
             raise UsageError(f"--ladder: {exc}") from None
+    log_format = _check_choice("--log-format", options.log_format, FORMATS)
+    log_level = _check_choice("--log-level", options.log_level, list(LEVELS))
     plan = make_plan(
-        list(command), name=options["name"], platform=options["platform"],
-        platform_timeout_s=options["platform_timeout"], budget=options["budget"], ladder=ladder,
-        stop_signals=options["stop_signals"], remap=options["remap"],
-        second_signal=options["second_signal"], linger=options["linger"])
-    log = Logger(options["log_format"], options["log_level"])
+        command, name=options.name, platform=options.platform, platform_timeout_s=options.platform_timeout,
+        budget=options.budget, ladder=ladder, stop_signals=options.stop_signals,
+        remap=dict(options.remap), second_signal=options.second_signal, linger=options.linger)
     from graceshell.supervisor import run
 
     try:
-        code = run(plan, log)
+        return run(plan, Logger(log_format, log_level))
     except FileNotFoundError:
         raise GraceshellError(f"{plan.argv[0]}: command not found", NOT_FOUND_EXIT) from None
-    except (PermissionError, IsADirectoryError, OSError) as exc:
-        reason = exc.strerror or str(exc)
-        raise GraceshellError(f"{plan.argv[0]}: cannot execute: {reason.lower()}", NOT_EXECUTABLE_EXIT) from None
-    sys.exit(code)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise GraceshellError(f"{plan.argv[0]}: cannot execute: {reason}", NOT_EXECUTABLE_EXIT) from None
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -134,16 +156,14 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
     try:
-        code = cli.main(args=argv, prog_name="graceshell", standalone_mode=False)
-    except click.UsageError as exc:
-        _fail(exc.format_message().replace("\n", " "), USAGE_EXIT)
-    except click.Abort:
-        _fail("aborted", 130)
+        options = build_parser().parse_args(argv)
+        code = run_command(options)
     except GraceshellError as exc:
         _fail(str(exc), exc.exit_code)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code)
+
+
+__all__ = ["main", "build_parser", "USAGE_EXIT"]

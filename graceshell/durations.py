@@ -1,5 +1,7 @@
 """Durations as users write them: `25`, `25s`, `1.5s`, `500ms`, `2m`, `1m30s`."""
 
+from __future__ import annotations
+
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -4,6 +4,8 @@ Every error graceshell reports is one line on stderr; these exceptions carry
 that line and the documented exit status, so no caller prints a traceback.
 """
 
+from __future__ import annotations
+
 USAGE_EXIT = 2  # usage and configuration errors
 NOT_EXECUTABLE_EXIT = 126
 NOT_FOUND_EXIT = 127

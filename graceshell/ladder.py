@@ -7,21 +7,27 @@ Offsets may be written relative to the budget (`budget-5s`), which is how
 presets say "cold shutdown five seconds before the end".
 """
 
+from __future__ import annotations
+
 import signal
-from typing import NamedTuple
+from collections import namedtuple
 
 from graceshell.durations import format_duration, parse_duration
 from graceshell.signals import parse_signal, signal_name
 
 
-class Step(NamedTuple):
-    at: float  # seconds after the first stop signal
+class Step(namedtuple("Step", "at signal")):
+    """One rung: `signal` to the worker `at` seconds after the first stop signal."""
+
+    __slots__ = ()
+    at: float
     signal: int | None  # None: the received stop signal, remapped
 
 
-class StepSpec(NamedTuple):
+class StepSpec(namedtuple("StepSpec", "at signal")):
     """A step as written, before the budget is known."""
 
+    __slots__ = ()
     at: str  # "20s", "budget", "budget-5s"
     signal: str | int
 

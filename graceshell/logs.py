@@ -7,10 +7,15 @@ than the whole of `graceshell run -- true` is allowed to take. Logs go to
 stderr so the worker keeps stdout to itself.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import time
-from typing import Any, TextIO
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 FORMATS = ("auto", "json", "logfmt", "console")
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}

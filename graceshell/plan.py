@@ -5,9 +5,10 @@ it. All checks that can fail with a usage error happen here, before any
 process is spawned.
 """
 
+from __future__ import annotations
+
 import os
 import signal
-from dataclasses import dataclass, field
 
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
@@ -15,24 +16,36 @@ from graceshell.ladder import LadderError, Step, StepSpec, build_ladder
 from graceshell.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
 from graceshell.signals import DEFAULT_STOP_SIGNALS
 
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 SECOND_SIGNAL_POLICIES = ("escalate", "forward", "ignore")
 DEFAULT_LINGER = 2.0
 
 
-@dataclass(frozen=True)
 class RunPlan:
-    argv: list[str]
-    name: str
-    ladder: tuple[Step, ...]
-    budget: float
-    platform: Platform
-    platform_source: str  # how the platform was chosen: "flag", "env DYNO", ...
-    platform_timeout: float | None
-    stop_signals: frozenset[int] = frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
-    remap: dict[int, int] = field(default_factory=dict)
-    second_signal: str = "escalate"
-    linger: float = DEFAULT_LINGER
-    env: dict[str, str] | None = None  # None: graceshell's own environment
+    """What to run and how to stop it. Built by make_plan, read by the supervisor."""
+
+    __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
+                 "stop_signals", "remap", "second_signal", "linger", "env")
+
+    def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
+                 platform: Platform, platform_source: str, platform_timeout: float | None,
+                 stop_signals: frozenset[int], remap: dict[int, int], second_signal: str = "escalate",
+                 linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.name = name
+        self.ladder = ladder
+        self.budget = budget
+        self.platform = platform
+        self.platform_source = platform_source  # how the platform was chosen: "flag", "env DYNO", ...
+        self.platform_timeout = platform_timeout
+        self.stop_signals = stop_signals
+        self.remap = remap
+        self.second_signal = second_signal
+        self.linger = linger
+        self.env = env  # None: graceshell's own environment
 
     @property
     def kill_at(self) -> float:
@@ -62,7 +75,7 @@ def make_plan(
     remap: dict[int, int] | None = None,
     second_signal: str = "escalate",
     linger: float = DEFAULT_LINGER,
-    environ: "dict[str, str] | os._Environ[str] | None" = None,
+    environ: Mapping[str, str] | None = None,
 ) -> RunPlan:
     """Resolve platform, timeout, budget and ladder; UsageError on any conflict."""
     environ = os.environ if environ is None else environ

@@ -5,29 +5,37 @@ One table, one place. The figures are the platforms' documented defaults;
 deployment changed its grace period.
 """
 
+from __future__ import annotations
+
 import os
 import signal
-from dataclasses import dataclass
+from collections import namedtuple
 
 # How the platform delivers its stop signal.
 BROADCAST_ALL = "all"  # to every process of the dyno/cgroup, children included
 BROADCAST_PID1 = "pid1"  # to the container's main process only
 
 
-@dataclass(frozen=True)
-class Platform:
+_PLATFORM_FIELDS = ("name timeout stop_signal broadcast repeats_stop_signal detect_env detect_file "
+                    "detect_needs_all timeout_env doc")
+
+
+class Platform(namedtuple("Platform", _PLATFORM_FIELDS, defaults=(False, (), None, False, None, ""))):
+    """A platform's stop model (a named tuple: cheap to import, immutable)."""
+
+    __slots__ = ()
     name: str
     timeout: float | None  # seconds from its stop signal to its SIGKILL; None = never
     stop_signal: int
     broadcast: str
     # The platform may send its stop signal more than once during one stop
     # (Heroku says so): repeats of it must not count as a second request.
-    repeats_stop_signal: bool = False
-    detect_env: tuple[str, ...] = ()
-    detect_file: str | None = None
-    detect_needs_all: bool = False  # every detect_env var must be set, not just one
-    timeout_env: str | None = None  # env var holding the configured timeout
-    doc: str = ""
+    repeats_stop_signal: bool
+    detect_env: tuple[str, ...]
+    detect_file: str | None
+    detect_needs_all: bool  # every detect_env var must be set, not just one
+    timeout_env: str | None  # env var holding the configured timeout
+    doc: str
 
 
 PLATFORMS: dict[str, Platform] = {
@@ -70,6 +78,10 @@ PLATFORMS: dict[str, Platform] = {
     )
 }
 
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 # Budget used when no platform imposes a deadline: long enough for a warm
 # shutdown of most jobs, short enough that a stuck worker is noticed.
 BUDGET_WITHOUT_PLATFORM = 25.0
@@ -78,7 +90,7 @@ BUDGET_WITHOUT_PLATFORM = 25.0
 PLATFORM_MARGIN = 5.0
 
 
-def detect_platform(environ: "os._Environ[str] | dict[str, str]") -> tuple[Platform, str]:
+def detect_platform(environ: Mapping[str, str]) -> tuple[Platform, str]:
     """The platform we run on and why we think so (for logs and `check`)."""
     for platform in PLATFORMS.values():
         present = [name for name in platform.detect_env if name in environ]
@@ -89,7 +101,7 @@ def detect_platform(environ: "os._Environ[str] | dict[str, str]") -> tuple[Platf
     return PLATFORMS["none"], "no platform detected"
 
 
-def platform_timeout(platform: Platform, environ: "os._Environ[str] | dict[str, str]") -> float | None:
+def platform_timeout(platform: Platform, environ: Mapping[str, str]) -> float | None:
     """The platform's timeout, read from its own setting where it has one."""
     if platform.timeout_env and environ.get(platform.timeout_env, "").strip():
         try:

@@ -10,13 +10,18 @@ outcome:
              stop request, or a stop whose first step it answered with an error
 """
 
+from __future__ import annotations
+
 import os
 import signal
-from typing import Any
 
 from graceshell.ladder import describe
 from graceshell.plan import RunPlan
 from graceshell.signals import signal_name
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def exit_code_of(status: int | None) -> int:

@@ -1,6 +1,8 @@
 """Signal names as users write them (`TERM`, `SIGTERM`, `15`, `RTMIN+2`) and
 the sets of signals graceshell handles."""
 
+from __future__ import annotations
+
 import signal
 
 # Faults raised by the CPU for graceshell itself: catching them would hide a

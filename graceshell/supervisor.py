@@ -11,11 +11,12 @@ recycled while graceshell still holds it, and signals to the worker go
 through its pidfd where the kernel has them.
 """
 
+from __future__ import annotations
+
 import os
 import selectors
 import signal
 import time
-from typing import Any
 
 from graceshell import tree
 from graceshell.ladder import describe
@@ -24,12 +25,27 @@ from graceshell.plan import RunPlan
 from graceshell.report import build_report
 from graceshell.signals import forwardable_signals, signal_name
 
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from typing import Any
+
 # How long to wait for the kernel to finish off a SIGKILLed tree before
 # reporting survivors (processes stuck in uninterruptible sleep) and leaving.
 REAP_GRACE = 5.0
 # Signals Python itself ignores at start-up; their SIG_IGN says nothing about
 # what our parent wanted, so they are caught and reset for the worker.
 _PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))})
+
+
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: graceshell itself failed
+
+
+def _reap_all_blocking() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _note_signal(signum: int, frame: Any) -> None:
@@ -42,6 +58,7 @@ class Supervisor:
         self.log = log.bind(process=plan.name)
         self.caught: frozenset[int] = frozenset()
         self.pid = 0
+        self.subreaper = False
         self.pidfd: int | None = None
         self.started = 0.0
         # Stop timeline (monotonic seconds); None until it happens.
@@ -112,6 +129,16 @@ class Supervisor:
             platform=self.plan.platform.name, platform_source=self.plan.platform_source,
             platform_timeout_s=self.plan.platform_timeout, budget_s=self.plan.budget,
             ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None)
+        try:
+            self._loop(wakeup)
+        except Exception as exc:  # a bug of ours must not leave the worker's tree behind
+            self.log.error("graceshell.internal_error", error=repr(exc))
+            tree.signal_descendants(signal.SIGKILL, until_gone=True)
+            _reap_all_blocking()
+            return INTERNAL_ERROR_EXIT
+        return self._finish()
+
+    def _loop(self, wakeup: int) -> None:
         selector = selectors.DefaultSelector()
         selector.register(wakeup, selectors.EVENT_READ)
         if self.pidfd is not None:
@@ -123,11 +150,10 @@ class Supervisor:
             self._reap(selector)
             self._fire_due(time.monotonic())
             if self.main_status is not None and not self.children_remain:
-                break
+                return
             if self.kill_fired_at is not None and time.monotonic() >= self.kill_fired_at + REAP_GRACE:
                 self.survivors = tree.living_descendants()
-                break
-        return self._finish()
+                return
 
     def _drain(self, wakeup: int) -> None:
         while True:

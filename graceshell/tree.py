@@ -7,10 +7,15 @@ tree: nothing the worker started can hide in another session or group.
 psutil is imported only when a tree has to be signalled.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36
 # Rounds of "find the living, kill them" before giving up: each round catches

@@ -367,3 +367,39 @@ def test_log_formats(graceshell):
     run = graceshell(*NONE, "--log-format", "console", "--", "true")
     assert run.wait() == 0
     assert "graceshell.exit" in run.stderr() and "\033[" not in run.stderr()  # no colour off a TTY
+
+
+def test_as_pid_1_it_reaps_zombies_and_takes_stop_signals(tmp_path, worker):
+    """In a new PID namespace graceshell is PID 1, as in a container."""
+    import json
+    import shutil
+    import subprocess
+
+    import psutil
+
+    unshare = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if shutil.which("unshare") is None or subprocess.run([*unshare, "true"], capture_output=True).returncode:
+        pytest.skip("PID namespaces are not available here")
+    err = tmp_path / "stderr"
+    with open(err, "wb") as out:
+        proc = subprocess.Popen([*unshare, sys.executable, "-m", "graceshell", "run", *NONE,
+                                 *worker("--orphans", "5", "--exit-on", "TERM")],
+                                stderr=out, env=clean_env(), start_new_session=True)
+    try:
+        wait_for((tmp_path / "ready.json").exists, 10, "worker ready")
+        assert json.loads((tmp_path / "ready.json").read_text())["pid"] == 2  # graceshell is 1
+        init = psutil.Process(proc.pid).children()[0]
+
+        def zombies_reaped():
+            kids = init.children()
+            return len(kids) == 1 and kids[0].status() != psutil.STATUS_ZOMBIE
+
+        wait_for(zombies_reaped, 5, "orphans reaped by PID 1")
+        os.kill(init.pid, signal.SIGTERM)  # the kernel drops it unless PID 1 handles TERM
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    report = json.loads(err.read_text().splitlines()[-1])
+    assert report["outcome"] == "clean" and report["reaped_orphans"] == 5
