@@ -1,8 +1,8 @@
 """The `graceshell` command line.
 
-Parsing only: every decision is made in plan.py and carried out by the
-supervisor. Errors end as one line on stderr and a documented exit status
-(2 for usage), never a traceback.
+Parsing only: settings are resolved in resolve.py and plan.py and carried
+out by the supervisor. Errors end as one line on stderr and a documented
+exit status (2 for usage and config), never a traceback.
 
 argparse, not click: the parser is on the path of every worker start, and
 importing click costs about three times Python's own start-up here, more
@@ -17,20 +17,22 @@ import sys
 
 from graceshell import __version__
 from graceshell.durations import parse_duration
-from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError
+from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, GraceshellError, UsageError
 from graceshell.logs import FORMATS, LEVELS
+from graceshell.settings import Origin, Setting
 from graceshell.signals import parse_signal
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping
     from typing import NoReturn
 
 RUN_DESCRIPTION = """\
 Supervise one worker through a platform stop.
 
   graceshell run -- celery -A app worker
-  graceshell run --budget 25s --ladder 'QUIT@budget-5s' -- rq worker
+  graceshell run --preset rq -- rq worker high default
+  graceshell run worker            (the command of `worker` in ./Procfile)
 
 The worker runs in its own session, so signals aimed at graceshell's group
 never reach its children. On the first stop signal (TERM, INT, QUIT) the
@@ -38,8 +40,21 @@ worker alone gets the ladder's first signal; later steps fire at their
 offsets; at the budget the whole tree is SIGKILLed, before the platform's
 own deadline. Other signals are passed to the worker as they are.
 
-exit status: the worker's; 128+N when it died of signal N; 2 usage error;
-126 not executable; 127 not found; 70 internal error."""
+Settings come from flags, then graceshell.yml (the process's section, then
+`defaults:`, then the top level), then the preset, then the platform.
+
+exit status: the worker's; 128+N when it died of signal N; 2 usage or config
+error; 126 not executable; 127 not found; 70 internal error."""
+
+CHECK_DESCRIPTION = """\
+Validate graceshell.yml, the Procfile and .env, and print the effective
+settings of each process (or of PROCESS_TYPE): platform and how it was
+detected, timeout, budget, ladder with absolute offsets, remap, preset, and
+where each value comes from. Exit 2 on any error."""
+
+# Flags that are settings, with the key they set.
+SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
+                 "linger", "stop_signals", "on_orphans", "log_format", "log_level")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,93 +64,143 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _converter(parse):  # type: ignore[no-untyped-def]
+    def convert(text: str):  # type: ignore[no-untyped-def]
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def _remap(text: str) -> tuple[int, int]:
     source, sep, target = text.partition(":")
     if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r} is not FROM:TO (e.g. TERM:QUIT)")
-    try:
-        return parse_signal(source), parse_signal(target)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise ValueError(f"{text!r} is not FROM:TO (e.g. TERM:QUIT)")
+    return parse_signal(source), parse_signal(target)
 
 
 def _signal_list(text: str) -> frozenset[int]:
-    try:
-        return frozenset(parse_signal(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return frozenset(parse_signal(part) for part in text.split(",") if part.strip())
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _ladder(text: str) -> list:  # type: ignore[type-arg]
+    from graceshell.ladder import parse_ladder_spec, resolve_offset
+
+    specs = parse_ladder_spec(text)
+    for spec in specs:  # offsets and signals now; the budget check comes with the plan
+        resolve_offset(spec.at, 0.0)
+        parse_signal(spec.signal)
+    return specs
+
+
+def _preset(name: str) -> str:
+    from graceshell.presets import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return name
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--budget", metavar="DUR", type=_duration,
-        help="time from the first stop signal to the SIGKILL of the whole tree "
-             "(default: platform timeout - 5s)")
-    add("--ladder", metavar="SPEC",
-        help="escalation steps, e.g. 'TERM@0s,QUIT@budget-5s,KILL@25s'; KILL at the budget is implied")
-    add("--remap", metavar="FROM:TO", type=_remap, action="append", default=[],
-        help="send TO to the worker when graceshell receives FROM (repeatable)")
-    add("--second-signal", choices=("escalate", "forward", "ignore"), default="escalate",
-        help="what a second stop signal does (default: escalate)")
-    add("--linger", metavar="DUR", type=_duration, default=2.0,
-        help="after the worker exits, how long its leftovers may live before TERM, then KILL (default: 2s)")
+    add("-c", "--config", metavar="FILE", help="YAML config (default: $GRACESHELL_CONFIG, else ./graceshell.yml)")
+    add("--procfile", metavar="FILE", help="Procfile to read process types from (default: ./Procfile)")
+    add("--env", metavar="FILE", action="append",
+        help="env file for the worker, repeatable (default: ./.env when present); the real environment wins")
+    add("--preset", metavar="NAME", type=_converter(_preset),
+        help="worker preset: generic, celery, rq, sidekiq, resque, delayed_job, gunicorn, uvicorn")
     add("--platform", metavar="NAME",
         help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, systemd, docker, none (default: detected)")
-    add("--platform-timeout", metavar="DUR", type=_duration,
+    add("--platform-timeout", metavar="DUR", type=_converter(parse_duration),
         help="how long the platform waits after its stop signal before its SIGKILL")
-    add("--stop-signals", metavar="LIST", type=_signal_list,
+    add("--budget", metavar="DUR", type=_converter(parse_duration),
+        help="time from the first stop signal to the SIGKILL of the whole tree (default: platform timeout - 5s)")
+    add("--ladder", metavar="SPEC", type=_converter(_ladder),
+        help="escalation steps, e.g. 'TERM@0s,QUIT@budget-5s,KILL@25s'; KILL at the budget is implied")
+    add("--remap", metavar="FROM:TO", type=_converter(_remap), action="append",
+        help="send TO to the worker when graceshell receives FROM (repeatable)")
+    add("--second-signal", choices=("escalate", "forward", "ignore"),
+        help="what a second stop signal does (default: escalate)")
+    add("--linger", metavar="DUR", type=_converter(parse_duration),
+        help="after the worker exits, how long its leftovers may live before TERM, then KILL (default: 2s)")
+    add("--stop-signals", metavar="LIST", type=_converter(_signal_list),
         help="signals that start a stop (default: TERM,INT,QUIT)")
-    add("--name", metavar="NAME", help="process name in logs (default: the command's name)")
-    add("--log-format", metavar="FORMAT", default=os.environ.get("GRACESHELL_LOG_FORMAT") or "auto",
+    add("--on-orphans", metavar="COMMAND", help="run after a kill that orphaned jobs, with the report on stdin")
+    add("--log-format", metavar="FORMAT",
         help="auto (console on a TTY, JSON otherwise), json, logfmt, console; $GRACESHELL_LOG_FORMAT")
-    add("--log-level", metavar="LEVEL", default=os.environ.get("GRACESHELL_LOG_LEVEL") or "info",
-        help="debug, info, warning, error (default: info); $GRACESHELL_LOG_LEVEL")
+    add("--log-level", metavar="LEVEL", help="debug, info, warning, error (default: info); $GRACESHELL_LOG_LEVEL")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graceshell", description="graceshell: graceful shutdown for background-job workers.")
     parser.add_argument("--version", action="version", version=f"graceshell {__version__}")
     commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
-    run = commands.add_parser(
-        "run", help="supervise one worker through a platform stop",
-        usage="graceshell run [OPTIONS] -- COMMAND [ARG]...", description=RUN_DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_run_options(run)
+    raw = argparse.RawDescriptionHelpFormatter
+    run = commands.add_parser("run", help="supervise one worker through a platform stop",
+                              usage="graceshell run [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)",
+                              description=RUN_DESCRIPTION, formatter_class=raw)
+    _add_setting_options(run)
+    run.add_argument("--name", metavar="NAME",
+                     help="process name in logs, and the graceshell.yml section to use (default: $DYNO or "
+                          "the command's name)")
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    check = commands.add_parser("check", help="validate config and Procfile, print effective settings",
+                                usage="graceshell check [OPTIONS] [PROCESS_TYPE]", description=CHECK_DESCRIPTION,
+                                formatter_class=raw)
+    _add_setting_options(check)
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    check.add_argument("process_type", nargs="?", metavar="PROCESS_TYPE", help=argparse.SUPPRESS)
     return parser
 
 
-def _check_choice(flag: str, value: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise UsageError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
-    return value
+def flag_layer(options: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Setting]:
+    """The settings given on the command line (and their environment variables)."""
+    layer = {}
+    for key in SETTING_FLAGS:
+        value = getattr(options, key, None)
+        flag = "--" + key.replace("_", "-")
+        if value is None and key in ("log_format", "log_level"):
+            variable = f"GRACESHELL_{key.upper()}"
+            value, flag = environ.get(variable) or None, f"${variable}"
+        if value is None:
+            continue
+        if key == "remap":
+            value = dict(value)
+        layer[key] = Setting(value, Origin(flag))
+    for key, choices in (("log_format", FORMATS), ("log_level", tuple(LEVELS))):
+        if key in layer and layer[key].value not in choices:
+            raise UsageError(f"{layer[key].origin}: {layer[key].value!r} is not one of {', '.join(choices)}")
+    return layer
 
 
 def run_command(options: argparse.Namespace) -> int:
-    from graceshell.ladder import LadderError, parse_ladder_spec
     from graceshell.logs import Logger
     from graceshell.plan import make_plan
+    from graceshell.resolve import Sources, process_from_environment, process_type_of
 
-    command = options.command[1:] if options.command[:1] == ["--"] else options.command
-    ladder = None
-    if options.ladder is not None:
-        try:
-            ladder = parse_ladder_spec(options.ladder)
-        except LadderError as exc:
-            raise UsageError(f"--ladder: {exc}") from None
-    log_format = _check_choice("--log-format", options.log_format, FORMATS)
-    log_level = _check_choice("--log-level", options.log_level, list(LEVELS))
-    plan = make_plan(
-        command, name=options.name, platform=options.platform, platform_timeout_s=options.platform_timeout,
-        budget=options.budget, ladder=ladder, stop_signals=options.stop_signals,
-        remap=dict(options.remap), second_signal=options.second_signal, linger=options.linger)
+    environ = os.environ
+    words = list(options.command)
+    explicit = words[:1] == ["--"]
+    if explicit:
+        words = words[1:]
+    sources = Sources(options.config, options.procfile, options.env, environ)
+    if not explicit and len(words) == 1:
+        if not sources.has_procfile():
+            raise UsageError(f"{sources.procfile_path}: not found, so {words[0]!r} is no process type "
+                             f"(to run a command, write: graceshell run -- {words[0]})")
+        name = section = words[0]
+        argv = sources.process_command(section)
+    else:
+        argv = words
+        name = options.name or process_from_environment(environ)
+        section = process_type_of(name) if name else None
+    settings = sources.settings_for(section, flag_layer(options, environ))
+    if name:
+        settings["name"] = Setting(name, Origin("--name"))
+    plan = make_plan(argv, settings, environ)
+    log_format = settings["log_format"].value if "log_format" in settings else "auto"
+    log_level = settings["log_level"].value if "log_level" in settings else "info"
     from graceshell.supervisor import run
 
     try:
@@ -145,6 +210,22 @@ def run_command(options: argparse.Namespace) -> int:
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
         raise GraceshellError(f"{plan.argv[0]}: cannot execute: {reason}", NOT_EXECUTABLE_EXIT) from None
+
+
+def check_command(options: argparse.Namespace) -> int:
+    import json
+
+    from graceshell.check import check, render_text
+    from graceshell.resolve import Sources
+
+    environ = os.environ
+    sources = Sources(options.config, options.procfile, options.env, environ)
+    entries, notes = check(sources, options.process_type, flag_layer(options, environ), environ)
+    if options.json:
+        sys.stdout.write(json.dumps({"processes": entries, "notes": notes}, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_text(entries, notes))
+    return 0
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -160,10 +241,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
     try:
         options = build_parser().parse_args(argv)
-        code = run_command(options)
+        handler = run_command if options.subcommand == "run" else check_command
+        code = handler(options)
     except GraceshellError as exc:
         _fail(str(exc), exc.exit_code)
     sys.exit(code)
-
-
-__all__ = ["main", "build_parser", "USAGE_EXIT"]

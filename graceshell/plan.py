@@ -12,13 +12,15 @@ import signal
 
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
-from graceshell.ladder import LadderError, Step, StepSpec, build_ladder
+from graceshell.ladder import LadderError, Step, build_ladder
 from graceshell.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
+from graceshell.settings import Origin, Setting
 from graceshell.signals import DEFAULT_STOP_SIGNALS
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import Any
 
 SECOND_SIGNAL_POLICIES = ("escalate", "forward", "ignore")
 DEFAULT_LINGER = 2.0
@@ -28,12 +30,13 @@ class RunPlan:
     """What to run and how to stop it. Built by make_plan, read by the supervisor."""
 
     __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
-                 "stop_signals", "remap", "second_signal", "linger", "env")
+                 "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans")
 
     def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
                  platform: Platform, platform_source: str, platform_timeout: float | None,
                  stop_signals: frozenset[int], remap: dict[int, int], second_signal: str = "escalate",
-                 linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None) -> None:
+                 linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None, preset: str = "generic",
+                 on_orphans: str | None = None) -> None:
         self.argv = argv
         self.name = name
         self.ladder = ladder
@@ -45,7 +48,9 @@ class RunPlan:
         self.remap = remap
         self.second_signal = second_signal
         self.linger = linger
-        self.env = env  # None: graceshell's own environment
+        self.env = env  # added to graceshell's own environment
+        self.preset = preset
+        self.on_orphans = on_orphans  # command run with the orphan report on stdin
 
     @property
     def kill_at(self) -> float:
@@ -63,60 +68,79 @@ class RunPlan:
         return self.ladder[0].signal if self.ladder[0].signal is not None else received
 
 
-def make_plan(
-    argv: list[str],
-    *,
-    name: str | None = None,
-    platform: str | None = None,
-    platform_timeout_s: float | None = None,
-    budget: float | None = None,
-    ladder: list[StepSpec] | None = None,
-    stop_signals: frozenset[int] | None = None,
-    remap: dict[int, int] | None = None,
-    second_signal: str = "escalate",
-    linger: float = DEFAULT_LINGER,
-    environ: Mapping[str, str] | None = None,
-) -> RunPlan:
-    """Resolve platform, timeout, budget and ladder; UsageError on any conflict."""
+def _get(settings: Mapping[str, Setting], key: str, default: Any = None) -> Any:
+    setting = settings.get(key)
+    return setting.value if setting is not None else default
+
+
+def _where(settings: Mapping[str, Setting], key: str, flag: str) -> Origin:
+    setting = settings.get(key)
+    return setting.origin if setting is not None else Origin(flag)
+
+
+def resolve_platform(settings: Mapping[str, Setting], environ: Mapping[str, str]
+                     ) -> tuple[Platform, str, float | None, Origin]:
+    """The platform, how it was chosen, its timeout, and where the timeout came from."""
+    name = _get(settings, "platform")
+    if name is None or name == "auto":
+        chosen, source = detect_platform(environ)
+    elif name in PLATFORMS:
+        chosen, source = PLATFORMS[name], str(settings["platform"].origin)
+    else:
+        raise UsageError(f"{settings['platform'].origin}: unknown platform {name!r} (known: {', '.join(PLATFORMS)})")
+    if "platform_timeout" in settings:
+        return chosen, source, settings["platform_timeout"].value, settings["platform_timeout"].origin
+    timeout = platform_timeout(chosen, environ)
+    label = (f"${chosen.timeout_env}" if chosen.timeout_env and timeout != chosen.timeout
+             else f"platform {chosen.name}")
+    return chosen, source, timeout, Origin(label)
+
+
+def make_plan(argv: list[str], settings: Mapping[str, Setting],
+              environ: Mapping[str, str] | None = None) -> RunPlan:
+    """Resolve platform, timeout, budget and ladder; UsageError naming the
+    flag or config line at fault on any conflict."""
     environ = os.environ if environ is None else environ
     if not argv:
         raise UsageError("no command to run (write: graceshell run -- COMMAND [ARG]...)")
-    if platform is None:
-        chosen, source = detect_platform(environ)
-    elif platform in PLATFORMS:
-        chosen, source = PLATFORMS[platform], "flag"
-    else:
-        raise UsageError(f"--platform: unknown platform {platform!r} (known: {', '.join(PLATFORMS)})")
-    timeout = platform_timeout_s if platform_timeout_s is not None else platform_timeout(chosen, environ)
+    chosen, source, timeout, _ = resolve_platform(settings, environ)
+    budget = _get(settings, "budget")
     if budget is None:
         budget = default_budget(timeout)
-    elif timeout is not None and budget >= timeout and timeout > 0:
+    elif timeout is not None and timeout > 0 and budget >= timeout:
         raise UsageError(
-            f"--budget {format_duration(budget)} must be shorter than the platform timeout "
-            f"{format_duration(timeout)} ({chosen.name}): graceshell must finish the kill before the platform does")
+            f"{settings['budget'].origin}: budget {format_duration(budget)} must be shorter than the platform "
+            f"timeout {format_duration(timeout)} ({chosen.name}): graceshell must finish its kill before the "
+            "platform's")
     elif timeout == 0 and budget > 0:
-        raise UsageError(f"--budget {format_duration(budget)}: the {chosen.name} platform timeout is 0s, "
-                         "so the budget must be 0s (or set --platform-timeout)")
+        raise UsageError(f"{settings['budget'].origin}: the {chosen.name} platform timeout is 0s, so the budget "
+                         "must be 0s (or set the platform timeout)")
+    ladder_origin = _where(settings, "ladder", "--ladder")
     try:
-        steps = build_ladder(ladder, budget)
+        steps = build_ladder(_get(settings, "ladder"), budget)
     except LadderError as exc:
-        where = f" step {exc.index + 1}" if exc.index is not None else ""
-        raise UsageError(f"--ladder{where}: {exc}") from None
+        where = ladder_origin.item(exc.index) if exc.index is not None else str(ladder_origin)
+        raise UsageError(f"{where}: {exc}") from None
+    second_signal = _get(settings, "second_signal", "escalate")
     if second_signal not in SECOND_SIGNAL_POLICIES:
-        raise UsageError(f"--second-signal: {second_signal!r} is not one of {', '.join(SECOND_SIGNAL_POLICIES)}")
-    stops = stop_signals if stop_signals is not None else frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
+        raise UsageError(f"{settings['second_signal'].origin}: {second_signal!r} is not one of "
+                         f"{', '.join(SECOND_SIGNAL_POLICIES)}")
+    stops = _get(settings, "stop_signals") or frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
     if signal.SIGKILL in stops or signal.SIGSTOP in stops:
-        raise UsageError("--stop-signals: KILL and STOP cannot be caught")
+        raise UsageError(f"{settings['stop_signals'].origin}: KILL and STOP cannot be caught")
     return RunPlan(
         argv=list(argv),
-        name=name or os.path.basename(argv[0]),
+        name=_get(settings, "name") or os.path.basename(argv[0]),
         ladder=steps,
         budget=budget,
         platform=chosen,
         platform_source=source,
         platform_timeout=timeout,
         stop_signals=stops,
-        remap=dict(remap or {}),
+        remap=dict(_get(settings, "remap", {})),
         second_signal=second_signal,
-        linger=linger,
+        linger=_get(settings, "linger", DEFAULT_LINGER),
+        env=_get(settings, "env"),
+        preset=_get(settings, "preset", "generic"),
+        on_orphans=_get(settings, "on_orphans"),
     )

@@ -109,7 +109,8 @@ class Supervisor:
         """
         wakeup = self._catch_signals()
         self.subreaper = tree.become_subreaper()
-        env = self.plan.env if self.plan.env is not None else dict(os.environ)
+        # Files (preset, graceshell.yml, .env) set defaults; the real environment wins.
+        env = {**(self.plan.env or {}), **os.environ}
         self.pid = tree.spawn_worker(self.plan.argv, env, self.caught | _PYTHON_IGNORES)
         self.started = time.monotonic()
         if hasattr(os, "pidfd_open"):

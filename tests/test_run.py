@@ -300,13 +300,14 @@ import os, signal, sys
 from graceshell import tree
 from graceshell.logs import Logger
 from graceshell.plan import make_plan
+from graceshell.settings import Origin, Setting
 from graceshell.supervisor import Supervisor
 spawn = tree.spawn_worker
 def early(*args):
     os.kill(os.getpid(), signal.SIGTERM)  # the stop arrives now, before the worker exists
     return spawn(*args)
 tree.spawn_worker = early
-plan = make_plan({worker('--exit-on', 'TERM')[1:]!r}, platform='none')
+plan = make_plan({worker('--exit-on', 'TERM')[1:]!r}, {{"platform": Setting("none", Origin("test"))}})
 sys.exit(Supervisor(plan, Logger('json')).run())
 """
     proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True,

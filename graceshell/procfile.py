@@ -1,0 +1,150 @@
+"""Procfile and .env files, read the way foreman and honcho read them.
+
+Procfile: one `name: command` per line; blank lines and `#` comments are
+skipped; names are letters, digits, `_` and `-`. A name given twice is an
+error (foreman would silently keep one).
+
+.env: `NAME=value` lines, optional `export ` prefix, `#` comments; single
+quotes keep the text as it is, double quotes understand \\n, \\t, \\" and \\\\.
+The real environment wins over .env, as in foreman.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from graceshell.errors import UsageError
+
+PROCESS_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
+_ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+# Characters that only a shell understands: when a command has none of them,
+# graceshell runs it directly and the worker is graceshell's own child.
+_SHELL_SYNTAX = set("$`|&;<>()*?[]{}~!#\\\n")
+# Operators that make a command more than one process, so `exec` cannot apply.
+_COMPOUND = re.compile(r"[|&;()\n]|\b(?:if|for|while|until|case)\b")
+
+
+class Procfile:
+    __slots__ = ("path", "processes", "lines")
+
+    def __init__(self, path: str, processes: dict[str, str], lines: dict[str, int]) -> None:
+        self.path = path
+        self.processes = processes  # name -> command, in file order
+        self.lines = lines  # name -> line number
+
+
+def read_procfile(path: str) -> Procfile:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: Procfile not found (use --procfile FILE)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_procfile(text, path)
+
+
+def parse_procfile(text: str, path: str = "Procfile") -> Procfile:
+    processes: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _PROCFILE_LINE.match(line)
+        if match is None:
+            name = line.partition(":")[0].strip()
+            if ":" in line and not PROCESS_NAME.fullmatch(name):
+                reason = f"process type {name!r} may use only letters, digits, _ and -"
+            elif ":" in line:
+                reason = f"process type {name!r} has no command"
+            else:
+                reason = "expected NAME: COMMAND"
+            raise UsageError(f"{path}:{number}: {reason}")
+        name, command = match.group(1), match.group(2).strip()
+        if name in processes:
+            raise UsageError(f"{path}:{number}: process type {name!r} is already defined on line {lines[name]}")
+        processes[name] = command
+        lines[name] = number
+    if not processes:
+        raise UsageError(f"{path}: no processes (expected NAME: COMMAND lines)")
+    return Procfile(path, processes, lines)
+
+
+def command_argv(command: str, where: str) -> list[str]:
+    """argv for a Procfile command: split directly, or `sh -c` when it needs a shell.
+
+    A simple command that needs the shell only for expansion ($PORT) is run
+    as `sh -c 'exec ...'`, so the worker replaces the shell and still gets
+    graceshell's signals itself.
+    """
+    words = None
+    if not (_SHELL_SYNTAX & set(command)):
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            raise UsageError(f"{where}: cannot parse command: {exc}") from None
+        if words and "=" in words[0].split("/")[0]:
+            words = None  # a leading VAR=value assignment is shell syntax
+    if words:
+        return words
+    if not _COMPOUND.search(command) and not command.lstrip().startswith("exec "):
+        return ["sh", "-c", f"exec {command}"]
+    return ["sh", "-c", command]
+
+
+def read_dotenv(path: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: env file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_dotenv(text, path)
+
+
+def parse_dotenv(text: str, path: str = ".env") -> dict[str, str]:
+    env: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _ENV_LINE.match(line)
+        if match is None:
+            raise UsageError(f"{path}:{number}: expected NAME=value")
+        name, value = match.group(1), match.group(2).strip()
+        env[name] = _unquote(value, f"{path}:{number}")
+    return env
+
+
+def _unquote(value: str, where: str) -> str:
+    if value[:1] in ("'", '"'):
+        quote = value[0]
+        end = _closing_quote(value, quote)
+        if end < 0:
+            raise UsageError(f"{where}: unterminated {quote} quote")
+        rest = value[end + 1:].strip()
+        if rest and not rest.startswith("#"):
+            raise UsageError(f"{where}: unexpected text after the closing quote")
+        inner = value[1:end]
+        if quote == "'":
+            return inner
+        escapes = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "$": "$"}
+        return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), "\\" + m.group(1)), inner)
+    # Unquoted: a " #" starts a comment, as in foreman.
+    return value.split(" #", 1)[0].rstrip()
+
+
+def _closing_quote(value: str, quote: str) -> int:
+    index = 1
+    while index < len(value):
+        if value[index] == "\\" and quote == '"':
+            index += 2
+            continue
+        if value[index] == quote:
+            return index
+        index += 1
+    return -1

@@ -1,0 +1,80 @@
+"""From the command line, graceshell.yml, the Procfile and .env to one
+process's command and settings.
+
+Layers, weakest first: preset < graceshell.yml top level < `defaults:` <
+`processes.<type>:` < .env (environment only) < flags. The preset itself is
+chosen by the same order (flags, the process's section, defaults), falling
+back to `generic`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from graceshell.config import ConfigFile, find_config, load_config
+from graceshell.errors import UsageError
+from graceshell.presets import preset_layer
+from graceshell.procfile import Procfile, command_argv, read_dotenv, read_procfile
+from graceshell.settings import Origin, Setting, merge
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+DEFAULT_PROCFILE = "Procfile"
+DEFAULT_DOTENV = ".env"
+
+
+class Sources:
+    """The files a command reads, loaded once: config, Procfile, .env."""
+
+    __slots__ = ("config", "procfile_path", "_procfile", "dotenv")
+
+    def __init__(self, config_path: str | None, procfile_path: str | None, env_files: Sequence[str] | None,
+                 environ: Mapping[str, str]) -> None:
+        path = find_config(config_path, environ)
+        self.config: ConfigFile | None = load_config(path) if path else None
+        self.procfile_path = procfile_path or DEFAULT_PROCFILE
+        self._procfile: Procfile | None = None
+        files = list(env_files) if env_files else ([DEFAULT_DOTENV] if os.path.exists(DEFAULT_DOTENV) else [])
+        self.dotenv: dict[str, Setting] = {}
+        for file in files:
+            self.dotenv = merge([self.dotenv, {"env": Setting(read_dotenv(file), Origin(file))}])
+
+    @property
+    def procfile(self) -> Procfile:
+        if self._procfile is None:
+            self._procfile = read_procfile(self.procfile_path)
+        return self._procfile
+
+    def has_procfile(self) -> bool:
+        return self._procfile is not None or os.path.exists(self.procfile_path)
+
+    def process_command(self, process_type: str) -> list[str]:
+        procfile = self.procfile
+        if process_type not in procfile.processes:
+            raise UsageError(f"{procfile.path}: no process type {process_type!r} "
+                             f"(types: {', '.join(procfile.processes)})")
+        where = f"{procfile.path}:{procfile.lines[process_type]}"
+        return command_argv(procfile.processes[process_type], where)
+
+    def settings_for(self, section: str | None, flags: Mapping[str, Setting]) -> dict[str, Setting]:
+        """The merged settings of one process (section: its type, or None)."""
+        config = self.config
+        layers: list[Mapping[str, Setting]] = []
+        if config is not None:
+            layers += [config.top, config.defaults, config.processes.get(section or "", {})]
+        layers += [self.dotenv, flags]
+        chosen = merge(layers).get("preset")
+        return merge([preset_layer(chosen.value if chosen else "generic"), *layers])
+
+
+def process_from_environment(environ: Mapping[str, str]) -> str | None:
+    """`worker.1` from $GRACESHELL_PROCESS or Heroku's $DYNO, when set."""
+    return environ.get("GRACESHELL_PROCESS") or environ.get("DYNO") or None
+
+
+def process_type_of(name: str) -> str:
+    """`worker` for `worker.1`: the Procfile type of a numbered instance."""
+    base, _, number = name.rpartition(".")
+    return base if base and number.isdigit() else name
