@@ -39,7 +39,7 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     elif plan.platform_timeout is None:
         budget_from = "built-in (no platform deadline)"
     else:
-        budget_from = f"platform timeout - {format_duration(PLATFORM_MARGIN)} (at least 80%)"
+        budget_from = f"platform timeout - {format_duration(PLATFORM_MARGIN)}, at least 80% of it"
     stops = plan.stop_signals
     return {
         "process": process,
@@ -144,25 +144,28 @@ def check(sources: Sources, process_type: str | None, flags: Mapping[str, Settin
     """Effective settings of the chosen process, or of every Procfile process."""
     notes: list[str] = []
     targets: list[tuple[str, str, list[str]]] = []
+    # (name, where it is defined, argv, graceshell.yml section)
+    targets: list[tuple[str, str, list[str], str | None]] = []
     if process_type is not None:
-        procfile = sources.procfile
         command = sources.process_command(process_type)
-        targets.append((process_type, f"{procfile.path}:{procfile.lines[process_type]}", command))
-    elif sources.has_procfile():
         procfile = sources.procfile
-        for name in procfile.processes:
-            targets.append((name, f"{procfile.path}:{procfile.lines[name]}", sources.process_command(name)))
+        targets.append((process_type, f"{procfile.path}:{procfile.lines[process_type]}", command, process_type))
     else:
-        notes.append(f"no {sources.procfile_path}: showing what `graceshell run -- COMMAND` gets")
-        targets.append(("(run -- COMMAND)", "command line", ["COMMAND"]))
-    if sources.config is not None and sources.has_procfile():
-        for name in sources.config.processes:
-            if name not in sources.procfile.processes:
-                notes.append(f"{sources.config.path}: processes.{name} matches no Procfile type "
-                             "(it applies only to `graceshell run --name " + name + " -- ...`)")
+        types = sources.procfile.processes if sources.has_procfile() else {}
+        for name in types:
+            where = f"{sources.procfile.path}:{sources.procfile.lines[name]}"
+            targets.append((name, where, sources.process_command(name), name))
+        # Every section is checked, also one that no Procfile line uses.
+        for name in (sources.config.processes if sources.config is not None else {}):
+            if name not in types:
+                targets.append((name, f"{sources.config.path} only (graceshell run --name {name} -- ...)",
+                                ["COMMAND"], name))
+        if not types:
+            notes.append(f"no {sources.procfile_path}: showing what `graceshell run -- COMMAND` gets")
+            targets.append(("(run -- COMMAND)", "command line", ["COMMAND"], None))
     if sources.config is None:
         notes.append("no graceshell.yml: built-in settings, presets and flags only")
-    entries = [effective(name, source, argv, sources.settings_for(name if source != "command line" else None, flags),
-                         environ) for name, source, argv in targets]
+    entries = [effective(name, source, argv, sources.settings_for(section, flags), environ)
+               for name, source, argv, section in targets]
     return entries, notes
 

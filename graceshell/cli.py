@@ -186,9 +186,6 @@ def run_command(options: argparse.Namespace) -> int:
         words = words[1:]
     sources = Sources(options.config, options.procfile, options.env, environ)
     if not explicit and len(words) == 1:
-        if not sources.has_procfile():
-            raise UsageError(f"{sources.procfile_path}: not found, so {words[0]!r} is no process type "
-                             f"(to run a command, write: graceshell run -- {words[0]})")
         name = section = words[0]
         argv = sources.process_command(section)
     else:

@@ -51,12 +51,19 @@ class Sources:
         return self._procfile is not None or os.path.exists(self.procfile_path)
 
     def process_command(self, process_type: str) -> list[str]:
+        if not self.has_procfile():
+            raise UsageError(f"{self.procfile_path}: not found, so {process_type!r} is no process type "
+                             f"(to run a command, write: graceshell run -- {process_type})")
         procfile = self.procfile
         if process_type not in procfile.processes:
             raise UsageError(f"{procfile.path}: no process type {process_type!r} "
                              f"(types: {', '.join(procfile.processes)})")
         where = f"{procfile.path}:{procfile.lines[process_type]}"
-        return command_argv(procfile.processes[process_type], where)
+        argv = command_argv(procfile.processes[process_type], where)
+        if _runs_itself(argv, process_type):
+            raise UsageError(f"{where}: the command of {process_type!r} is `graceshell run {process_type}` "
+                             "itself; write the worker's own command there")
+        return argv
 
     def settings_for(self, section: str | None, flags: Mapping[str, Setting]) -> dict[str, Setting]:
         """The merged settings of one process (section: its type, or None)."""
@@ -67,6 +74,14 @@ class Sources:
         layers += [self.dotenv, flags]
         chosen = merge(layers).get("preset")
         return merge([preset_layer(chosen.value if chosen else "generic"), *layers])
+
+
+def _runs_itself(argv: list[str], process_type: str) -> bool:
+    """`worker: graceshell run worker` would start graceshell again and again."""
+    words = argv[2].split() if argv[:2] == ["sh", "-c"] else argv
+    words = words[1:] if words[:1] == ["exec"] else words
+    return (bool(words) and os.path.basename(words[0]) == "graceshell" and "run" in words
+            and words[-1] == process_type and "--" not in words)
 
 
 def process_from_environment(environ: Mapping[str, str]) -> str | None:

@@ -1,0 +1,251 @@
+"""graceshell.yml, presets, Procfile, .env and `graceshell check`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import clean_env
+from graceshell.procfile import command_argv, parse_dotenv, parse_procfile
+
+GRACESHELL = [sys.executable, "-m", "graceshell"]
+WORKER = str(Path(__file__).with_name("worker.py"))
+
+
+def graceshell(tmp: Path, *args: str, env: dict | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run([*GRACESHELL, *args], cwd=tmp, env=env or clean_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write(tmp: Path, name: str, text: str) -> None:
+    (tmp / name).write_text(text)
+
+
+# -- the bad-input matrix ----------------------------------------------------------------
+# (graceshell.yml, Procfile, .env, extra args, what the one line must say)
+
+MARKER_CMD = "touch started"
+BAD = [
+    ("platfrom: heroku\n", None, None, [], "graceshell.yml:1: platfrom: unknown key (did you mean platform?)"),
+    ("processes:\n  worker:\n    ladderr: []\n", None, None, [],
+     "graceshell.yml:3: processes.worker.ladderr: unknown key (did you mean ladder?)"),
+    ("budget: [1]\n", None, None, [], "graceshell.yml:1: budget: expected a duration"),
+    ("budget: 25 seconds\n", None, None, [], "graceshell.yml:1: budget: invalid duration"),
+    ("budget: -5\n", None, None, [], "graceshell.yml:1: budget: duration -5 is negative"),
+    ("processes:\n  worker:\n    ladder:\n      - {at: 0s, signal: TERM}\n      - {at: 5s, signal: SIGNOPE}\n",
+     None, None, [], "graceshell.yml:5: processes.worker.ladder[1].signal: unknown signal 'SIGNOPE'"),
+    ("budget: 20s\nprocesses:\n  worker:\n    ladder:\n      - {at: 10s, signal: QUIT}\n"
+     "      - {at: 5s, signal: INT}\n", None, None, [],
+     "graceshell.yml:6: processes.worker.ladder[1]: INT@5s comes before the previous step"),
+    ("budget: 10s\ndefaults:\n  ladder:\n    - {at: 0s, signal: TERM}\n    - {at: 20s, signal: KILL}\n",
+     None, None, [], "graceshell.yml:5: defaults.ladder[1]: KILL@20s is after the budget (10s)"),
+    ("defaults:\n  ladder: 'KILL@5s,QUIT@6s'\n", None, None, [], "defaults.ladder step 1: KILL@5s must be the last"),
+    ("platform: heroku\nbudget: 30s\n", None, None, [],
+     "graceshell.yml:2: budget: budget 30s must be shorter than the platform timeout 30s (heroku)"),
+    ("defaults:\n  on_orphans: 5\n", None, None, [], "graceshell.yml:2: defaults.on_orphans: expected a non-empty"),
+    ("defaults:\n  on_orphans: [bin/requeue]\n", None, None, [], "defaults.on_orphans: expected a non-empty string"),
+    ("defaults:\n  second_signal: panic\n", None, None, [], "defaults.second_signal: 'panic' is not one of"),
+    ("defaults:\n  preset: celry\n", None, None, [], "defaults.preset: unknown preset 'celry' (known: generic, celery"),
+    ("platform: herokuu\n", None, None, [], "graceshell.yml:1: platform: 'herokuu' is not one of"),
+    ("log_format: yaml\n", None, None, [], "graceshell.yml:1: log_format: 'yaml' is not one of"),
+    ("defaults:\n  remap: {TERM: NOPE}\n", None, None, [], "defaults.remap.TERM: unknown signal 'NOPE'"),
+    ("defaults:\n  remap: 'TERM:QUIT'\n", None, None, [], "defaults.remap: expected a mapping"),
+    ("budget: 5s\nbudget: 6s\n", None, None, [], "graceshell.yml:2: budget: duplicate key"),
+    ("budget: [1, 2\n", None, None, [], "graceshell.yml:2: invalid YAML"),
+    ("- budget\n", None, None, [], "graceshell.yml:1: (top level): expected a mapping"),
+    ("processes: [worker]\n", None, None, [], "graceshell.yml:1: processes: expected a mapping"),
+    ("defaults:\n  ladder:\n    - {at: 0s}\n", None, None, [], "graceshell.yml:3: defaults.ladder[0]: missing 'signal'"),
+    ("defaults:\n  ladder:\n    - {at: 0s, sig: TERM}\n", None, None, [], "defaults.ladder[0].sig: unknown key"),
+    ("defaults:\n  ladder: 5\n", None, None, [], "defaults.ladder: expected a list"),
+    ("defaults:\n  ladder: QUIT\n", None, None, [], "defaults.ladder: step 'QUIT' is not SIGNAL@OFFSET"),
+    ("defaults:\n  ladder:\n    - {at: soon, signal: QUIT}\n", None, None, [],
+     "graceshell.yml:3: defaults.ladder[0].at: invalid duration 'soon'"),
+    ("defaults:\n  ladder:\n    - {at: budget+5s, signal: QUIT}\n", None, None, [], "write budget-DURATION"),
+    ("defaults:\n  linger: true\n", None, None, [], "defaults.linger: expected a duration such as 25s or 500ms, got true"),
+    ("defaults:\n  stop_signals: [TERM, KILL]\n", None, None, [], "defaults.stop_signals: KILL and STOP cannot be caught"),
+    ("defaults:\n  env: {1BAD: x}\n", None, None, [], "defaults.env.1BAD: '1BAD' is not a valid environment variable"),
+    ("processes:\n  bad name: {}\n", None, None, [], "processes.bad name: a process type is letters"),
+    ("platform: heroku\nplatform_timeout: 0s\nbudget: 5s\n", None, None, [], "platform timeout is 0s"),
+    (None, "worker celery\n", None, ["run", "worker"], "Procfile:1: expected NAME: COMMAND"),
+    (None, "# jobs\nworker: a\nworker: b\n", None, ["run", "worker"],
+     "Procfile:3: process type 'worker' is already defined on line 2"),
+    (None, "web!: a\n", None, ["run", "web"], "Procfile:1: process type 'web!' may use only letters"),
+    (None, "worker: " + MARKER_CMD + "\n", None, ["run", "nosuch"], "no process type 'nosuch' (types: worker)"),
+    (None, "worker: graceshell run worker\n", None, ["run", "worker"], "is `graceshell run worker` itself"),
+    (None, None, None, ["run", "worker"], "Procfile: not found, so 'worker' is no process type"),
+    (None, None, "export A B\n", [], ".env:1: expected NAME=value"),
+    (None, None, "A='unterminated\n", [], ".env:1: unterminated ' quote"),
+    (None, None, None, ["-c", "missing.yml"], "missing.yml: config file not found"),
+    (None, None, None, ["--preset", "celry"], "argument --preset: unknown preset 'celry'"),
+    (None, None, None, ["--ladder", "QUIT@budget+1s"], "argument --ladder: offset 'budget+1s'"),
+    (None, None, None, ["--log-level", "loud"], "--log-level: 'loud' is not one of"),
+]
+
+
+@pytest.mark.parametrize("config, procfile, dotenv, args, message", BAD,
+                         ids=[f"{i}-{case[4][:40]}" for i, case in enumerate(BAD)])
+def test_bad_input_is_one_line_exit_2_and_starts_nothing(tmp_path, config, procfile, dotenv, args, message):
+    if config is not None:
+        write(tmp_path, "graceshell.yml", config)
+    if procfile is not None:
+        write(tmp_path, "Procfile", procfile)
+    if dotenv is not None:
+        write(tmp_path, ".env", dotenv)
+    if args[:1] == ["run"]:
+        run_args, check_args = args, args[1:]
+    else:
+        platform = [] if "platform:" in (config or "") else ["--platform", "none"]
+        # --name worker: the processes.worker section applies to this run
+        run_args = ["run", *args, *platform, "--name", "worker", "--", "sh", "-c", MARKER_CMD]
+        check_args = [*args, *platform]
+    proc = graceshell(tmp_path, *run_args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("graceshell: error: "), proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "started").exists()
+    check = graceshell(tmp_path, "check", *check_args)  # check reports the same problem the same way
+    assert check.returncode == 2 and message in check.stderr and check.stderr.count("\n") == 1, check.stderr
+
+
+def test_matrix_is_large_enough():
+    assert len(BAD) >= 30
+
+
+# -- precedence and presets ------------------------------------------------------------------
+
+def check_json(tmp: Path, *args: str, env: dict | None = None) -> dict:
+    proc = graceshell(tmp, "check", "--json", *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_precedence_flags_section_defaults_preset_platform(tmp_path):
+    write(tmp_path, "Procfile", "worker: celery -A app worker\nweb: gunicorn app\n")
+    write(tmp_path, "graceshell.yml", "platform: heroku\nbudget: 24s\ndefaults:\n  linger: 1s\n  preset: rq\n"
+                                      "processes:\n  worker:\n    preset: celery\n    linger: 3s\n")
+    out = check_json(tmp_path)
+    worker, web = out["processes"]
+    assert worker["preset"] == {"value": "celery", "from": "graceshell.yml:8: processes.worker.preset"}
+    assert worker["linger_s"] == {"value": 3.0, "from": "graceshell.yml:9: processes.worker.linger"}
+    assert worker["budget_s"] == {"value": 24.0, "from": "graceshell.yml:2: budget"}
+    assert worker["ladder"]["value"] == [{"at": 0.0, "signal": "TERM"}, {"at": 19.0, "signal": "QUIT"},
+                                         {"at": 24.0, "signal": "KILL"}]
+    assert worker["ladder"]["from"] == "preset celery"
+    assert web["preset"]["value"] == "rq" and web["linger_s"]["value"] == 1.0
+    flagged = check_json(tmp_path, "worker", "--linger", "4s", "--preset", "generic", "--budget", "20s")
+    entry = flagged["processes"][0]
+    assert entry["linger_s"] == {"value": 4.0, "from": "--linger"}
+    assert entry["preset"]["value"] == "generic" and entry["budget_s"]["value"] == 20.0
+    assert entry["ladder"]["value"] == [{"at": 0.0, "signal": "(as received)"}, {"at": 20.0, "signal": "KILL"}]
+
+
+@pytest.mark.parametrize("preset, ladder", [
+    ("generic", [("(as received)", 0.0), ("KILL", 25.0)]),
+    ("celery", [("TERM", 0.0), ("QUIT", 20.0), ("KILL", 25.0)]),
+    ("rq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("sidekiq", [("TSTP", 0.0), ("TERM", 0.0), ("KILL", 25.0)]),
+    ("resque", [("QUIT", 0.0), ("TERM", 19.0), ("KILL", 25.0)]),
+    ("delayed_job", [("INT", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("gunicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
+    ("uvicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
+])
+def test_presets_on_heroku(tmp_path, preset, ladder):
+    out = check_json(tmp_path, "--preset", preset, "--platform", "heroku")
+    entry = out["processes"][0]
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == ladder
+    if preset == "resque":
+        assert entry["env"]["value"] == ["TERM_CHILD"]
+
+
+def test_config_from_environment_variable(tmp_path):
+    write(tmp_path, "other.yml", "budget: 7s\n")
+    out = check_json(tmp_path, "--platform", "none", env=clean_env(GRACESHELL_CONFIG="other.yml"))
+    assert out["processes"][0]["budget_s"] == {"value": 7.0, "from": "other.yml:1: budget"}
+
+
+def test_check_text_output_and_warnings(tmp_path):
+    write(tmp_path, "Procfile", "sk: bundle exec sidekiq -t 25\n")
+    write(tmp_path, "graceshell.yml", "platform: fly\nprocesses:\n  sk:\n    preset: sidekiq\n")
+    proc = graceshell(tmp_path, "check")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("sk (Procfile:1): bundle exec sidekiq -t 25\n")
+    assert "platform timeout 5s" in proc.stdout and "(platform fly)" in proc.stdout
+    assert "warning: the fly platform kills 5s after its stop signal" in proc.stdout
+    assert "warning: sidekiq's -t 25s does not fit" in proc.stdout
+
+
+def test_check_detects_the_platform_and_says_how(tmp_path):
+    out = check_json(tmp_path, env=clean_env(DYNO="worker.1"))
+    entry = out["processes"][0]
+    assert entry["platform"] == {"value": "heroku", "from": "env DYNO"}
+    assert entry["platform_timeout_s"]["value"] == 30.0 and entry["budget_s"]["value"] == 25.0
+
+
+# -- run with Procfile, config and .env ------------------------------------------------------
+
+def test_run_process_type_applies_its_section_and_dotenv(tmp_path):
+    write(tmp_path, "Procfile", f"worker: {sys.executable} {WORKER} $STATE --exit-on QUIT\n")
+    write(tmp_path, "graceshell.yml", "platform: none\nprocesses:\n  worker:\n    remap: {TERM: QUIT}\n")
+    write(tmp_path, ".env", f"export STATE='{tmp_path}'\nFROM_DOTENV=\"a b\" # comment\nWINS=dotenv\n")
+    env = clean_env(WINS="real", GRACESHELL_LOG_FORMAT="json")
+    proc = subprocess.Popen([*GRACESHELL, "run", "worker"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    ready = tmp_path / "ready.json"
+    from conftest import wait_for
+
+    wait_for(ready.exists, 10, "worker ready")
+    pid = json.loads(ready.read_text())["pid"]
+    proc.send_signal(15)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    events = [json.loads(line) for line in err.splitlines()]
+    start = events[0]
+    assert start["pid"] == pid  # `sh -c 'exec ...'`: the worker itself is graceshell's child
+    assert start["process"] == "worker"
+    assert (tmp_path / f"{pid}.log").read_text().split()[0] == "QUIT"
+    environ = Path(f"/proc/{pid}/environ")
+    assert not environ.exists()  # it is gone; the environment is checked below instead
+
+
+def test_worker_environment_real_env_wins_over_dotenv_and_preset(tmp_path):
+    write(tmp_path, ".env", "FROM_DOTENV='it''s'\nWINS=dotenv\nTERM_CHILD=from-dotenv\n")
+    write(tmp_path, ".env", "FROM_DOTENV=\"a \\\"b\\\"\"\nWINS=dotenv\n")
+    proc = graceshell(tmp_path, "run", "--platform", "none", "--preset", "resque", "--", "sh", "-c",
+                      'printf "%s|%s|%s" "$FROM_DOTENV" "$WINS" "$TERM_CHILD"', env=clean_env(WINS="real"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == 'a "b"|real|1'
+
+
+def test_dyno_name_selects_the_config_section(tmp_path):
+    write(tmp_path, "graceshell.yml", "processes:\n  worker:\n    budget: 12s\n")
+    proc = graceshell(tmp_path, "run", "--", "true", env=clean_env(DYNO="worker.2", GRACESHELL_LOG_FORMAT="json"))
+    assert proc.returncode == 0, proc.stderr
+    start = json.loads(proc.stderr.splitlines()[0])
+    assert start["process"] == "worker.2" and start["budget_s"] == 12.0 and start["platform"] == "heroku"
+
+
+# -- parsers -------------------------------------------------------------------------------
+
+def test_procfile_rules():
+    procfile = parse_procfile("# comment\n\nweb: gunicorn app\n  worker_2-x:celery  -A app\n")
+    assert procfile.processes == {"web": "gunicorn app", "worker_2-x": "celery  -A app"}
+    assert procfile.lines == {"web": 3, "worker_2-x": 4}
+
+
+@pytest.mark.parametrize("command, argv", [
+    ("celery -A app worker", ["celery", "-A", "app", "worker"]),
+    ("rq worker 'high prio'", ["rq", "worker", "high prio"]),
+    ("gunicorn --bind :$PORT", ["sh", "-c", "exec gunicorn --bind :$PORT"]),
+    ("FOO=1 celery worker", ["sh", "-c", "exec FOO=1 celery worker"]),
+    ("a | b", ["sh", "-c", "a | b"]),
+    ("cd app && celery worker", ["sh", "-c", "cd app && celery worker"]),
+])
+def test_command_needs_a_shell_only_when_it_must(command, argv):
+    assert command_argv(command, "Procfile:1") == argv
+
+
+def test_dotenv_rules():
+    env = parse_dotenv("# c\nexport A=1\nB = two words # comment\nC='$NOT \\n expanded'\nD=\"x\\ny\"\nE=\n")
+    assert env == {"A": "1", "B": "two words", "C": "$NOT \\n expanded", "D": "x\ny", "E": ""}
