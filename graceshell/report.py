@@ -48,7 +48,8 @@ def outcome_of(status: int | None, stop_signal: int | None, first_signal: int | 
 def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: int | None,
                  first_signal: int | None, steps_fired: int, kill_fired: bool,
                  killed: list[dict[str, Any]], survivors: list[dict[str, Any]], uptime_s: float,
-                 shutdown_s: float | None, reaped_orphans: int) -> dict[str, Any]:
+                 shutdown_s: float | None, reaped_orphans: int,
+                 orphaned_jobs: list[dict[str, Any]]) -> dict[str, Any]:
     code = exit_code_of(status)
     died_of = -os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None
     report: dict[str, Any] = {
@@ -65,6 +66,7 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
         "ladder": describe(plan.ladder, first_signal),
         "steps_fired": steps_fired,
         "killed": killed,
+        "orphaned_jobs": orphaned_jobs,
         "reaped_orphans": reaped_orphans,
     }
     if survivors:

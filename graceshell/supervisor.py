@@ -19,7 +19,9 @@ import signal
 import time
 
 from graceshell import tree
+from graceshell.hooks import run_on_orphans
 from graceshell.ladder import describe
+from graceshell.ledger import Ledger
 from graceshell.logs import Logger
 from graceshell.plan import RunPlan
 from graceshell.report import build_report
@@ -37,6 +39,11 @@ REAP_GRACE = 5.0
 _PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))})
 
 
+BUSY_INTERVAL = 1.0  # seconds: the most often graceshell.busy is logged
+# Time given to the on_orphans hook when no platform deadline bounds it.
+HOOK_TIMEOUT_WITHOUT_PLATFORM = 30.0
+# Kept free before the platform's deadline when the hook is bounded by it.
+HOOK_MARGIN = 0.5
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: graceshell itself failed
 
 
@@ -76,6 +83,11 @@ class Supervisor:
         self.killed: list[dict[str, Any]] = []
         self.survivors: list[dict[str, Any]] = []
         self.reaped_orphans = 0
+        # The job ledger, and the busy state last reported from it.
+        self.ledger: Ledger | None = None
+        self.busy_reported = False
+        self.busy_reported_at = -BUSY_INTERVAL
+        self.busy_check_at: float | None = None
 
     # -- start ---------------------------------------------------------------
 
@@ -109,8 +121,10 @@ class Supervisor:
         """
         wakeup = self._catch_signals()
         self.subreaper = tree.become_subreaper()
-        # Files (preset, graceshell.yml, .env) set defaults; the real environment wins.
-        env = {**(self.plan.env or {}), **os.environ}
+        self.ledger = Ledger()
+        # Files (preset, graceshell.yml, .env) set defaults; the real environment
+        # wins; the ledger's paths are this run's own.
+        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment()}
         self.pid = tree.spawn_worker(self.plan.argv, env, self.caught | _PYTHON_IGNORES)
         self.started = time.monotonic()
         if hasattr(os, "pidfd_open"):
@@ -124,12 +138,20 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until the worker and everything it started are gone."""
+        try:
+            return self._run()
+        finally:
+            if self.ledger is not None:
+                self.ledger.remove()
+
+    def _run(self) -> int:
         wakeup = self.start()
         self.log.info(
             "graceshell.start", pid=self.pid, command=self.plan.argv, graceshell_pid=os.getpid(),
             platform=self.plan.platform.name, platform_source=self.plan.platform_source,
             platform_timeout_s=self.plan.platform_timeout, budget_s=self.plan.budget,
-            ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None)
+            ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None,
+            jobs_dir=self.ledger.jobs_dir if self.ledger else None)
         try:
             self._loop(wakeup)
         except Exception as exc:  # a bug of ours must not leave the worker's tree behind
@@ -144,10 +166,18 @@ class Supervisor:
         selector.register(wakeup, selectors.EVENT_READ)
         if self.pidfd is not None:
             selector.register(self.pidfd, selectors.EVENT_READ)
+        watch = self.ledger.watch() if self.ledger is not None else None
+        if watch is not None:
+            selector.register(watch, selectors.EVENT_READ)
         while True:
             for key, _ in selector.select(self._timeout()):
                 if key.fd == wakeup:
                     self._drain(wakeup)
+                elif key.fd == watch:
+                    self.ledger.drain_watch()  # type: ignore[union-attr]
+                    self._update_busy(time.monotonic())
+            if self.busy_check_at is not None and time.monotonic() >= self.busy_check_at:
+                self._update_busy(time.monotonic())
             self._reap(selector)
             self._fire_due(time.monotonic())
             if self.main_status is not None and not self.children_remain:
@@ -170,9 +200,9 @@ class Supervisor:
 
     def _deadlines(self) -> list[float]:
         """Every moment at which graceshell must act without being woken."""
-        due = []
+        due = [] if self.busy_check_at is None else [self.busy_check_at]
         if self.kill_fired_at is not None:
-            return [self.kill_fired_at + REAP_GRACE]
+            return [self.kill_fired_at + REAP_GRACE, *due]
         if self.stop_at is not None and self.main_status is None and self.next_step < len(self.plan.ladder):
             due.append(self.stop_at + self.plan.ladder[self.next_step].at)
         if self.main_status is not None and self.children_remain:
@@ -221,6 +251,7 @@ class Supervisor:
         if self.stop_at is None:
             self.stop_at, self.stop_signal = now, signum
             self.first_signal = self.plan.first_signal(signum)
+            self._write_notice(signum)  # before the worker hears anything
             self.log.info("graceshell.signal", signal=name, action="stop", budget_s=self.plan.budget,
                           ladder=describe(self.plan.ladder, self.first_signal))
             if self.main_status is None:
@@ -250,6 +281,35 @@ class Supervisor:
                     self._fire_step(now)
             else:
                 self._escalate_leftovers(now)
+
+    def _write_notice(self, signum: int) -> None:
+        if self.ledger is None:
+            return
+        received = time.time()
+        timeout = self.plan.platform_timeout
+        notice = {"signal": signal_name(signum), "received_at": round(received, 6),
+                  "deadline": round(received + self.plan.kill_at, 6),
+                  "platform_deadline": round(received + timeout, 6) if timeout is not None else None}
+        try:
+            self.ledger.write_notice(notice)
+        except OSError as exc:  # a full disk must not stop the stop
+            self.log.error("graceshell.notice_failed", error=str(exc))
+
+    # -- busy state -------------------------------------------------------------
+
+    def _update_busy(self, now: float) -> None:
+        """Log `graceshell.busy` when jobs in flight go between 0 and more, at most once a second."""
+        self.busy_check_at = None
+        assert self.ledger is not None
+        count = self.ledger.count()
+        busy = count > 0
+        if busy == self.busy_reported:
+            return
+        if now - self.busy_reported_at < BUSY_INTERVAL:
+            self.busy_check_at = self.busy_reported_at + BUSY_INTERVAL  # look again then
+            return
+        self.busy_reported, self.busy_reported_at = busy, now
+        self.log.info("graceshell.busy", busy=busy, jobs=count)
 
     # -- signals out ----------------------------------------------------------
 
@@ -354,18 +414,31 @@ class Supervisor:
 
     def _finish(self) -> int:
         assert self.main_status is not None or self.survivors
+        orphaned = self.ledger.entries(time.time()) if self.ledger is not None else []
+        for job in orphaned:
+            self.log.warning("graceshell.orphaned_job", **job)
         report = build_report(
             plan=self.plan, pid=self.pid, status=self.main_status, stop_signal=self.stop_signal,
             first_signal=self.first_signal, steps_fired=self.steps_fired,
             kill_fired=self.kill_fired_at is not None, killed=self.killed, survivors=self.survivors,
             uptime_s=time.monotonic() - self.started,
             shutdown_s=time.monotonic() - self.stop_at if self.stop_at is not None else None,
-            reaped_orphans=self.reaped_orphans)
-        level = "warning" if report["outcome"] in ("killed", "escalated", "crashed") or self.survivors else "info"
-        self.log.log(level, "graceshell.exit", **report)
+            reaped_orphans=self.reaped_orphans, orphaned_jobs=orphaned)
+        troubled = report["outcome"] in ("killed", "escalated", "crashed") or self.survivors or orphaned
+        self.log.log("warning" if troubled else "info", "graceshell.exit", **report)
+        if orphaned and self.plan.on_orphans:
+            run_on_orphans(self.plan.on_orphans, {"process": self.plan.name, **report}, self._hook_time(),
+                           self.log)
         exit_code = report["exit_code"]
         assert isinstance(exit_code, int)
         return exit_code
+
+    def _hook_time(self) -> float:
+        """What is left before the platform's deadline (or a fixed bound without one)."""
+        if self.stop_at is None or self.plan.platform_timeout is None:
+            return HOOK_TIMEOUT_WITHOUT_PLATFORM
+        deadline = self.stop_at + self.plan.platform_timeout - HOOK_MARGIN
+        return max(0.0, deadline - time.monotonic())
 
 
 def run(plan: RunPlan, log: Logger) -> int:

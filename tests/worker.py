@@ -29,6 +29,13 @@ def record_signals(state: str, ignore: set[str], exit_on: dict[str, int]) -> Non
         name = signal.Signals(signum).name[3:]
         with open(path, "a") as log:
             log.write(f"{name} {time.monotonic():.6f}\n")
+        seen = os.path.join(state, f"notice-{os.getpid()}.json")
+        if not os.path.exists(seen):  # what the shutdown notice said when the first signal arrived
+            from graceshell import shutdown
+
+            with open(seen, "w") as out:
+                json.dump({"requested": shutdown.requested(), "notice": shutdown.notice(),
+                           "remaining": shutdown.remaining(), "now": time.time()}, out)
         if name in exit_on:
             os._exit(exit_on[name])
         if name in ignore or name in HARMLESS:
@@ -78,6 +85,9 @@ def main() -> None:
     parser.add_argument("--orphans", type=int, default=0)
     parser.add_argument("--exit-after", type=float)
     parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--job", action="append", default=[], help="ID:NAME of a job held in flight")
+    parser.add_argument("--job-seconds", type=float, help="end the jobs after this long")
+    parser.add_argument("--corrupt-job", action="store_true", help="leave a broken ledger file")
     args = parser.parse_args()
     ignore = {s for s in args.ignore.split(",") if s}
     exit_on = {}
@@ -99,10 +109,25 @@ def main() -> None:
                 os._exit(0)
             os._exit(0)
         os.waitpid(pid, 0)
+    from graceshell import jobs
+
+    held = []
+    for spec in args.job:
+        job_id, _, name = spec.partition(":")
+        tracker = jobs.track(job_id, name or None, queue="default")
+        tracker.__enter__()
+        held.append(tracker)
+    if args.corrupt_job:
+        with open(os.path.join(os.environ["GRACESHELL_JOBS_DIR"], "broken.json"), "w") as out:
+            out.write('{"id": "half-writ')
     tmp = os.path.join(args.state, "ready.tmp")
     with open(tmp, "w") as out:
         json.dump(ready, out)
     os.rename(tmp, os.path.join(args.state, "ready.json"))
+    if args.job_seconds is not None:
+        time.sleep(args.job_seconds)
+        for tracker in held:
+            tracker.__exit__(None, None, None)
     if args.exit_after is not None:
         time.sleep(args.exit_after)
         sys.exit(args.exit_code)

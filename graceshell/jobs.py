@@ -1,0 +1,98 @@
+"""Record the jobs a worker has in flight, so graceshell can report the ones
+a forced stop orphaned.
+
+    from graceshell import jobs
+
+    with jobs.track(job_id, "reports.build", account=42):
+        build_report()
+
+    @jobs.track(name="emails.send")      # a new id for every call
+    def send(...): ...
+
+The protocol is language-neutral: one small JSON file per job in
+$GRACESHELL_JOBS_DIR, written atomically (a dot-name first, then a rename)
+when the job starts and removed when it ends. Outside graceshell (no
+$GRACESHELL_JOBS_DIR) `track` does nothing. Importing this module is cheap
+and has no side effects.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any
+
+JOBS_DIR_ENV = "GRACESHELL_JOBS_DIR"
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def ledger_dir() -> str | None:
+    """The job ledger of the graceshell running this process, or None."""
+    return os.environ.get(JOBS_DIR_ENV) or None
+
+
+def _file_name(job_id: str) -> str:
+    safe = "".join(c if c in _SAFE else "_" for c in job_id)[:100].lstrip(".") or "job"
+    return f"{os.getpid()}-{safe}.json"
+
+
+def write_entry(directory: str, entry: dict[str, Any]) -> str:
+    """Write one ledger entry atomically; returns its path."""
+    import json
+
+    path = os.path.join(directory, _file_name(str(entry["id"])))
+    temp = os.path.join(directory, "." + os.path.basename(path) + ".tmp")
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(entry, handle, default=str)
+    os.replace(temp, path)
+    return path
+
+
+class track:  # noqa: N801 - used like a function: `with jobs.track(...)`
+    """Context manager and decorator recording one job in the ledger."""
+
+    def __init__(self, id: str | None = None, name: str | None = None, **extra: Any) -> None:  # noqa: A002
+        self.id = id
+        self.name = name
+        self.extra = extra
+        self.path: str | None = None
+
+    def __enter__(self) -> track:
+        directory = ledger_dir()
+        if directory is None:
+            return self
+        if self.id is None:
+            self.id = os.urandom(8).hex()
+        entry = {"id": self.id, "name": self.name, "pid": os.getpid(), "started_at": time.time(), **self.extra}
+        try:
+            self.path = write_entry(directory, entry)
+        except OSError:
+            self.path = None  # the ledger is a report, never a reason for a job to fail
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
+
+    def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        import functools
+
+        name = self.name or f"{function.__module__}.{function.__qualname__}"
+        fixed_id, extra = self.id, self.extra
+
+        @functools.wraps(function)
+        def tracked(*args: Any, **kwargs: Any) -> Any:
+            with track(fixed_id, name, **extra):
+                return function(*args, **kwargs)
+
+        return tracked

@@ -1,0 +1,128 @@
+"""graceshell's side of the job ledger: the private run directory, the
+shutdown notice, busy-state watching, and reading what jobs were left.
+
+Layout, created for every run and removed at exit:
+
+    graceshell-<pid>-<random>/        0700
+        jobs/                         $GRACESHELL_JOBS_DIR: one <...>.json per job in flight
+        shutdown.json                 $GRACESHELL_SHUTDOWN_FILE: written at the first stop signal
+
+Dot-files in jobs/ are writes in progress and are never read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from graceshell.jobs import JOBS_DIR_ENV
+from graceshell.shutdown import SHUTDOWN_FILE_ENV
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from typing import Any
+
+# inotify(7) events that change the set of files in a directory.
+_IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
+
+
+class Ledger:
+    def __init__(self) -> None:
+        base = os.environ.get("TMPDIR") or "/tmp"
+        for _ in range(10):
+            root = os.path.join(base, f"graceshell-{os.getpid()}-{os.urandom(4).hex()}")
+            try:
+                os.mkdir(root, 0o700)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise OSError(f"cannot create a run directory in {base}")
+        self.root = root
+        self.jobs_dir = os.path.join(root, "jobs")
+        os.mkdir(self.jobs_dir, 0o700)
+        self.shutdown_file = os.path.join(root, "shutdown.json")
+        self.watch_fd: int | None = None
+
+    def environment(self) -> dict[str, str]:
+        return {JOBS_DIR_ENV: self.jobs_dir, SHUTDOWN_FILE_ENV: self.shutdown_file}
+
+    def write_notice(self, notice: dict[str, Any]) -> None:
+        """The shutdown notice, atomically: readers see all of it or nothing."""
+        import json
+
+        temp = self.shutdown_file + ".tmp"
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(notice, handle)
+        os.replace(temp, self.shutdown_file)
+
+    def _names(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.jobs_dir) if n.endswith(".json") and not n.startswith("."))
+        except OSError:
+            return []
+
+    def count(self) -> int:
+        return len(self._names())
+
+    def entries(self, now: float) -> list[dict[str, Any]]:
+        """One entry per job file left: its id, name, pid, running_s and all it holds.
+
+        A corrupt or half-written file is reported as such, never raised.
+        """
+        import json
+
+        found = []
+        for name in self._names():
+            path = os.path.join(self.jobs_dir, name)
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    data = json.load(handle)
+            except (OSError, ValueError) as exc:
+                found.append({"id": None, "name": None, "pid": None, "running_s": None, "file": name,
+                              "error": f"corrupt ledger file: {exc.__class__.__name__}: {exc}"[:300]})
+                continue
+            if not isinstance(data, dict):
+                found.append({"id": None, "name": None, "pid": None, "running_s": None, "file": name,
+                              "error": "corrupt ledger file: not a JSON object"})
+                continue
+            started = data.get("started_at")
+            running = round(now - started, 3) if isinstance(started, (int, float)) and \
+                not isinstance(started, bool) else None
+            found.append({"id": data.get("id"), "name": data.get("name"), "pid": data.get("pid"),
+                          "running_s": running, **data, "file": name})
+        return found
+
+    def watch(self) -> int | None:
+        """An inotify fd that becomes readable when a job starts or ends (Linux)."""
+        if not sys.platform.startswith("linux"):
+            return None
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:
+            return None
+        mask = _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO
+        if libc.inotify_add_watch(fd, self.jobs_dir.encode(), mask) < 0:
+            os.close(fd)
+            return None
+        self.watch_fd = fd
+        return fd
+
+    def drain_watch(self) -> None:
+        if self.watch_fd is None:
+            return
+        while True:
+            try:
+                if not os.read(self.watch_fd, 65536):
+                    return
+            except OSError:  # BlockingIOError: drained
+                return
+
+    def remove(self) -> None:
+        if self.watch_fd is not None:
+            os.close(self.watch_fd)
+            self.watch_fd = None
+        shutil.rmtree(self.root, ignore_errors=True)

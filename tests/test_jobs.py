@@ -1,0 +1,144 @@
+"""The job ledger, the shutdown notice, the orphan report and the on_orphans hook."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import alive, wait_for
+
+NONE = ("--platform", "none")
+
+
+def test_job_left_by_a_forced_kill_is_reported_with_its_id(graceshell, worker):
+    run = graceshell(*NONE, "--budget", "0.8s", *worker("--job", "job-41:reports.build", "--ignore", "TERM"))
+    ready = run.ready()
+    jobs_dir = run.event("graceshell.start")["jobs_dir"]
+    assert os.listdir(jobs_dir)  # the job is in flight
+    assert oct(os.stat(os.path.dirname(jobs_dir)).st_mode & 0o777) == "0o700"
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 137
+    report = run.report()
+    (job,) = report["orphaned_jobs"]
+    assert (job["id"], job["name"], job["pid"], job["queue"]) == ("job-41", "reports.build", ready["pid"], "default")
+    assert job["running_s"] > 0.5
+    (event,) = [e for e in run.events() if e["event"] == "graceshell.orphaned_job"]
+    assert event["id"] == "job-41" and event["level"] == "warning"
+    assert report["level"] == "warning"
+    assert not os.path.exists(os.path.dirname(jobs_dir))  # the run directory is removed at exit
+
+
+def test_a_finished_job_is_not_reported(graceshell, worker):
+    run = graceshell(*NONE, *worker("--job", "quick:emails.send", "--job-seconds", "0.2", "--exit-on", "TERM"))
+    run.ready()
+    time.sleep(0.5)
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    assert run.report()["orphaned_jobs"] == []
+
+
+def test_shutdown_notice_is_written_before_the_worker_hears_of_the_stop(graceshell, worker):
+    run = graceshell("--platform", "heroku", *worker("--exit-on", "TERM"))
+    ready = run.ready()
+    sent_at = time.time()
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    seen = json.loads((run.state / f"notice-{ready['pid']}.json").read_text())
+    assert seen["requested"] is True
+    notice = seen["notice"]
+    assert notice["signal"] == "TERM"
+    assert abs(notice["received_at"] - sent_at) < 1.0
+    assert notice["deadline"] == pytest.approx(notice["received_at"] + 25.0, abs=0.01)
+    assert notice["platform_deadline"] == pytest.approx(notice["received_at"] + 30.0, abs=0.01)
+    assert 23.0 < seen["remaining"] <= 25.0
+
+
+def test_corrupt_ledger_file_is_reported_not_fatal(graceshell, worker):
+    run = graceshell(*NONE, *worker("--corrupt-job", "--exit-on", "TERM"))
+    run.ready()
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    (job,) = run.report()["orphaned_jobs"]
+    assert job["file"] == "broken.json" and job["error"].startswith("corrupt ledger file")
+
+
+def test_on_orphans_hook_gets_the_report_on_stdin(graceshell, worker, tmp_path):
+    out = tmp_path / "hook.json"
+    hook = f'cat > {out}; echo "$GRACESHELL_ORPHANED_JOBS" > {out}.count'
+    run = graceshell(*NONE, "--budget", "0.5s", "--on-orphans", hook,
+                     *worker("--job", "a'b;$(touch pwned):x", "--ignore", "TERM"))
+    run.ready()
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 137
+    received = json.loads(out.read_text())
+    assert [job["id"] for job in received["orphaned_jobs"]] == ["a'b;$(touch pwned)"]
+    assert received["outcome"] == "killed" and received["process"] == "python"
+    assert (tmp_path / "hook.json.count").read_text() == "1\n"
+    assert not (tmp_path / "pwned").exists()  # job data never reaches a shell
+    hook_event = run.event("graceshell.on_orphans")
+    assert hook_event["outcome"] == "ok" and hook_event["exit_code"] == 0
+
+
+def test_on_orphans_hook_is_killed_when_the_platform_deadline_comes(graceshell, worker, tmp_path):
+    pid_file = tmp_path / "hook.pid"
+    hook = f"sleep 60 & echo $! > {pid_file}; wait"
+    run = graceshell("--platform", "heroku", "--platform-timeout", "2.5s", "--budget", "0.5s",
+                     "--on-orphans", hook, *worker("--job", "j1:x", "--ignore", "TERM"))
+    run.ready()
+    start = run.kill(signal.SIGTERM)
+    assert run.wait() == 137
+    elapsed = time.monotonic() - start
+    assert elapsed < 2.5  # the hook was cut before the platform's own kill
+    hook_event = run.event("graceshell.on_orphans")
+    assert hook_event["outcome"] == "killed" and hook_event["timeout_s"] < 2.0
+    assert not alive(int(pid_file.read_text()))
+
+
+def test_no_hook_without_orphans(graceshell, worker, tmp_path):
+    run = graceshell(*NONE, "--on-orphans", f"touch {tmp_path}/ran", *worker("--exit-on", "TERM"))
+    run.ready()
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    assert not (tmp_path / "ran").exists()
+
+
+def test_busy_events_are_logged_when_jobs_come_and_go(graceshell, worker):
+    run = graceshell(*NONE, *worker("--job", "j:x", "--job-seconds", "0.3", "--exit-on", "TERM"))
+    run.ready()
+    wait_for(lambda: len([e for e in run.events() if e["event"] == "graceshell.busy"]) == 2, 5, "busy events")
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    busy = [e for e in run.events() if e["event"] == "graceshell.busy"]
+    assert [(e["busy"], e["jobs"]) for e in busy] == [(True, 1), (False, 0)]
+
+
+def test_helpers_are_no_ops_outside_graceshell(monkeypatch, tmp_path):
+    from graceshell import jobs, shutdown
+
+    monkeypatch.delenv("GRACESHELL_JOBS_DIR", raising=False)
+    monkeypatch.delenv("GRACESHELL_SHUTDOWN_FILE", raising=False)
+    with jobs.track("x", "y") as tracker:
+        assert tracker.path is None
+    assert shutdown.requested() is False and shutdown.remaining() is None and shutdown.notice() is None
+
+
+def test_helpers_inside_graceshell(monkeypatch, tmp_path):
+    from graceshell import jobs, shutdown
+
+    monkeypatch.setenv("GRACESHELL_JOBS_DIR", str(tmp_path))
+    monkeypatch.setenv("GRACESHELL_SHUTDOWN_FILE", str(tmp_path / "stop.json"))
+
+    @jobs.track(name="tasks.add")
+    def add(a, b):
+        (entry,) = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+        assert entry["name"] == "tasks.add" and entry["pid"] == os.getpid() and len(entry["id"]) == 16
+        return a + b
+
+    assert add(1, 2) == 3
+    assert list(tmp_path.glob("*.json")) == []  # removed when the job ended
+    assert shutdown.requested() is False
+    (tmp_path / "stop.json").write_text(json.dumps({"signal": "TERM", "deadline": time.time() + 10}))
+    assert shutdown.requested() is True
+    assert 9 < shutdown.remaining() <= 10
