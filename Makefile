@@ -13,4 +13,5 @@ demo: $(VENV)/.installed
 	bash examples/demo.sh
 
 test: $(VENV)/.installed
+	bash tools/ensure-redis-server
 	$(VENV)/bin/python -m pytest

@@ -53,6 +53,25 @@ def write_entry(directory: str, entry: dict[str, Any]) -> str:
     return path
 
 
+def forget(job_id: str) -> None:
+    """Remove the ledger entry of `job_id`, whichever process wrote it
+    (for frameworks that learn of a job's end in another process)."""
+    directory = ledger_dir()
+    if directory is None:
+        return
+    suffix = _file_name(job_id).partition("-")[2]
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.partition("-")[2] == suffix:
+            try:
+                os.unlink(os.path.join(directory, name))
+            except OSError:
+                pass
+
+
 class track:  # noqa: N801 - used like a function: `with jobs.track(...)`
     """Context manager and decorator recording one job in the ledger."""
 
