@@ -49,6 +49,22 @@ def warm_up() -> None:
     import psutil  # noqa: F401
 
 
+def _age_linux(pid: int) -> float | None:
+    """Seconds since `pid` started, to the clock tick.
+
+    psutil's create_time adds the boot time, which Linux gives in whole
+    seconds; both ends of this subtraction count from boot.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            start_ticks = int(stat.read().rpartition(")")[2].split()[19])
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            now = float(uptime.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, now - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def _describe(proc: Any, now: float) -> dict[str, Any] | None:
     """pid, cmd and age of a live process, or None when it is gone or a zombie."""
     import psutil
@@ -61,7 +77,9 @@ def _describe(proc: Any, now: float) -> dict[str, Any] | None:
                 cmd = " ".join(proc.cmdline()) or proc.name()
             except psutil.AccessDenied:
                 cmd = proc.name()
-            return {"pid": proc.pid, "cmd": cmd, "age_s": round(now - proc.create_time(), 3)}
+            age = _age_linux(proc.pid)
+            return {"pid": proc.pid, "cmd": cmd,
+                    "age_s": round(age if age is not None else now - proc.create_time(), 3)}
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
 
