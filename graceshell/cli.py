@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import NoReturn
 
+    from graceshell.plan import RunPlan
+
 RUN_DESCRIPTION = """\
 Supervise one worker through a platform stop.
 
@@ -45,6 +47,23 @@ Settings come from flags, then graceshell.yml (the process's section, then
 
 exit status: the worker's; 128+N when it died of signal N; 2 usage or config
 error; 126 not executable; 127 not found; 70 internal error."""
+
+DRILL_DESCRIPTION = """\
+Stop a worker the way a platform would and say whether it survives.
+
+  graceshell drill --platform heroku worker
+  graceshell drill --platform kubernetes --when-ready /tmp/ready -- rq worker
+  graceshell drill --platform heroku --no-wrap -- celery -A app worker   (bare, for comparison)
+
+The drill runs the worker under `graceshell run` (or bare with --no-wrap) in
+a process tree of its own, waits --after DUR (default 5s) or until the
+--when-ready file exists, sends the platform's stop signal by its model
+(--broadcast all: every process, as Heroku does; group: the process group;
+pid1: the top process, as Docker and Kubernetes do), and SIGKILLs what is
+left at the platform's timeout.
+
+exit status: 0 when the worker stopped within the platform timeout with no
+orphaned job; 1 when it did not; 2 usage or config error."""
 
 CHECK_DESCRIPTION = """\
 Validate graceshell.yml, the Procfile and .env, and print the effective
@@ -145,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="process name in logs, and the graceshell.yml section to use (default: $DYNO or "
                           "the command's name)")
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    drill = commands.add_parser("drill", help="stop a worker as a platform would; say whether it survives",
+                                usage="graceshell drill [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)",
+                                description=DRILL_DESCRIPTION, formatter_class=raw)
+    _add_setting_options(drill)
+    drill.add_argument("--name", metavar="NAME", help="process name, and the graceshell.yml section to use")
+    drill.add_argument("--broadcast", choices=("all", "group", "pid1"),
+                       help="who gets the stop signal (default: the platform's model)")
+    drill.add_argument("--after", metavar="DUR", type=_converter(parse_duration),
+                       help="when to stop the worker (default: 5s after it started)")
+    drill.add_argument("--when-ready", metavar="FILE", help="stop the worker once FILE exists")
+    drill.add_argument("--no-wrap", action="store_true", help="run the worker bare, without graceshell")
+    drill.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    drill.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     check = commands.add_parser("check", help="validate config and Procfile, print effective settings",
                                 usage="graceshell check [OPTIONS] [PROCESS_TYPE]", description=CHECK_DESCRIPTION,
                                 formatter_class=raw)
@@ -174,8 +206,8 @@ def flag_layer(options: argparse.Namespace, environ: Mapping[str, str]) -> dict[
     return layer
 
 
-def run_command(options: argparse.Namespace) -> int:
-    from graceshell.logs import Logger
+def _plan_for(options: argparse.Namespace) -> tuple[RunPlan, dict[str, Setting]]:
+    """The run plan of `-- COMMAND...` or of a Procfile PROCESS_TYPE."""
     from graceshell.plan import make_plan
     from graceshell.resolve import Sources, process_from_environment, process_type_of
 
@@ -195,7 +227,28 @@ def run_command(options: argparse.Namespace) -> int:
     settings = sources.settings_for(section, flag_layer(options, environ))
     if name:
         settings["name"] = Setting(name, Origin("--name"))
-    plan = make_plan(argv, settings, environ)
+    return make_plan(argv, settings, environ), settings
+
+
+def drill_command(options: argparse.Namespace) -> int:
+    import json
+
+    from graceshell.drill import Drill, render
+
+    if options.after is not None and options.when_ready:
+        raise UsageError("--after and --when-ready: give one of them")
+    plan, _ = _plan_for(options)
+    drill = Drill(plan, broadcast=options.broadcast, wrap=not options.no_wrap, after=options.after,
+                  when_ready=options.when_ready, config=options.config, out=sys.stderr)
+    result = drill.run()
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if options.json else render(result))
+    return 0 if result["survived"] else 1
+
+
+def run_command(options: argparse.Namespace) -> int:
+    from graceshell.logs import Logger
+
+    plan, settings = _plan_for(options)
     log_format = settings["log_format"].value if "log_format" in settings else "auto"
     log_level = settings["log_level"].value if "log_level" in settings else "info"
     from graceshell.supervisor import run
@@ -238,7 +291,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
     try:
         options = build_parser().parse_args(argv)
-        handler = run_command if options.subcommand == "run" else check_command
+        handler = {"run": run_command, "check": check_command, "drill": drill_command}[options.subcommand]
         code = handler(options)
     except GraceshellError as exc:
         _fail(str(exc), exc.exit_code)

@@ -53,23 +53,44 @@ def write_entry(directory: str, entry: dict[str, Any]) -> str:
     return path
 
 
-def forget(job_id: str) -> None:
-    """Remove the ledger entry of `job_id`, whichever process wrote it
-    (for frameworks that learn of a job's end in another process)."""
+def _entries_of(job_id: str) -> list[str]:
+    """Paths of the ledger files of `job_id`, whichever process wrote them."""
     directory = ledger_dir()
     if directory is None:
-        return
+        return []
     suffix = _file_name(job_id).partition("-")[2]
     try:
         names = os.listdir(directory)
     except OSError:
-        return
-    for name in names:
-        if name.partition("-")[2] == suffix:
-            try:
-                os.unlink(os.path.join(directory, name))
-            except OSError:
-                pass
+        return []
+    return [os.path.join(directory, name) for name in names if name.partition("-")[2] == suffix]
+
+
+def update(job_id: str, **fields: Any) -> None:
+    """Add `fields` to the ledger entry of `job_id` (e.g. requeued=True), from any process."""
+    import json
+
+    for path in _entries_of(job_id):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                entry = json.load(handle)
+            entry.update(fields)
+            temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump(entry, handle, default=str)
+            os.replace(temp, path)
+        except (OSError, ValueError):
+            pass
+
+
+def forget(job_id: str) -> None:
+    """Remove the ledger entry of `job_id`, whichever process wrote it
+    (for frameworks that learn of a job's end in another process)."""
+    for path in _entries_of(job_id):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 class track:  # noqa: N801 - used like a function: `with jobs.track(...)`

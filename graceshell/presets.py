@@ -35,8 +35,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # rq 2.10 rq/worker/base.py: first TERM = warm (finish the job); a second
     # TERM more than 1 s later = cold (horse killed, SystemExit). The horse
     # has its own process group, so the final kill must cover the tree.
-    Preset("rq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
-           "TERM finishes the current job; a second TERM 5 s before the end is RQ's cold shutdown"),
+    # RQ_WORKER_CLASS is read by `rq worker` (rq/cli/helpers.py) unless -w is given.
+    Preset("rq", (("TERM", "0s"), ("TERM", "budget-5s")),
+           {"RQ_WORKER_CLASS": "graceshell.integrations.rq.Worker"},
+           "TERM finishes the current job; a second TERM 5 s before the end is the cold shutdown, which "
+           "graceshell's RQ worker class (set by the preset) turns into a requeue of the job"),
     # sidekiq 8.1 lib/sidekiq/cli.rb: TSTP = quiet, TERM = stop within -t
     # (default 25 s), then bulk_requeue of unfinished jobs plus 3 s for ensure.
     Preset("sidekiq", (("TSTP", "0s"), ("TERM", "0s")), {},

@@ -9,9 +9,12 @@ to checkpoint and stop in time.
         process(chunk)
 
 At its first stop signal graceshell writes $GRACESHELL_SHUTDOWN_FILE,
-atomically, with {"signal", "received_at", "deadline", "platform_deadline"}
-(wall-clock epoch seconds; `deadline` is when graceshell's final KILL fires).
-Outside graceshell these return False and None. Checking costs one stat().
+atomically, with {"signal", "received_at", "deadline", "platform_deadline",
+"step", "escalated_at"} (wall-clock epoch seconds; `deadline` is when
+graceshell's final KILL fires). `step` is 0 during the warm phase; before
+each later ladder step graceshell rewrites the file with the step's index
+and `escalated_at`. Outside graceshell these return False and None.
+Checking `requested()` costs one stat().
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ def notice() -> dict[str, Any] | None:
     """The shutdown notice, or None before a stop (or outside graceshell)."""
     global _notice
     path = os.environ.get(SHUTDOWN_FILE_ENV)
-    if _notice is not None and _notice.get("_path") == path:
-        return _notice
+    if _notice is not None and _notice.get("_path") == path and _notice.get("step"):
+        return _notice  # escalated: nothing later changes what a job must do
     if not path:
         return None
     import json
@@ -52,6 +55,21 @@ def requested() -> bool:
     """True once graceshell has received a stop signal."""
     path = os.environ.get(SHUTDOWN_FILE_ENV)
     return bool(path) and os.path.exists(path)  # type: ignore[arg-type]
+
+
+def escalated() -> bool:
+    """True once graceshell has gone past the warm phase (a cold step or the kill).
+
+    Integrations use it to tell the platform's broadcast, to be ignored by
+    the worker's children, from graceshell's own cold shutdown, to be obeyed.
+    """
+    data = notice() if requested() else None
+    return bool(data and data.get("step"))
+
+
+def under_graceshell() -> bool:
+    """True when this process was started by graceshell."""
+    return bool(os.environ.get(SHUTDOWN_FILE_ENV))
 
 
 def remaining() -> float | None:

@@ -88,6 +88,7 @@ class Supervisor:
         self.busy_reported = False
         self.busy_reported_at = -BUSY_INTERVAL
         self.busy_check_at: float | None = None
+        self.notice: dict[str, Any] | None = None
 
     # -- start ---------------------------------------------------------------
 
@@ -283,15 +284,29 @@ class Supervisor:
                 self._escalate_leftovers(now)
 
     def _write_notice(self, signum: int) -> None:
-        if self.ledger is None:
-            return
+        """The shutdown notice, at the first stop signal: the warm phase (step 0)."""
         received = time.time()
         timeout = self.plan.platform_timeout
-        notice = {"signal": signal_name(signum), "received_at": round(received, 6),
-                  "deadline": round(received + self.plan.kill_at, 6),
-                  "platform_deadline": round(received + timeout, 6) if timeout is not None else None}
+        self.notice = {"signal": signal_name(signum), "received_at": round(received, 6),
+                       "deadline": round(received + self.plan.kill_at, 6),
+                       "platform_deadline": round(received + timeout, 6) if timeout is not None else None,
+                       "step": 0, "escalated_at": None}
+        self._store_notice()
+
+    def _note_escalation(self, step: int) -> None:
+        """Before a later step's signal goes out, the notice says so: processes
+        that ignore the platform's broadcast (the integrations) learn that a
+        signal arriving now is graceshell's cold shutdown, to be obeyed."""
+        if self.notice is None:
+            return
+        self.notice = {**self.notice, "step": step, "escalated_at": round(time.time(), 6)}
+        self._store_notice()
+
+    def _store_notice(self) -> None:
+        if self.ledger is None or self.notice is None:
+            return
         try:
-            self.ledger.write_notice(notice)
+            self.ledger.write_notice(self.notice)
         except OSError as exc:  # a full disk must not stop the stop
             self.log.error("graceshell.notice_failed", error=str(exc))
 
@@ -337,6 +352,8 @@ class Supervisor:
             return
         sent = step.signal if index else self.first_signal
         assert sent is not None
+        if index:
+            self._note_escalation(index)
         delivered = self._send_main(sent)
         if index == 0:
             self.log.info("graceshell.forward", signal=signal_name(sent), received=signal_name(self.stop_signal or sent),
@@ -348,6 +365,7 @@ class Supervisor:
     def _kill_tree(self, now: float, reason: str) -> None:
         """SIGKILL everything: the worker, its group, every descendant and orphan."""
         self.kill_fired_at = now
+        self._note_escalation(len(self.plan.ladder) - 1)
         killed = tree.signal_descendants(signal.SIGKILL, until_gone=True)
         if self.main_status is None:
             try:

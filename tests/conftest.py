@@ -168,3 +168,19 @@ def redis_url(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The survival table of the end-to-end tests (graceshell's and the bare frameworks')."""
+    try:
+        from test_survival import SURVIVAL
+    except ImportError:
+        return
+    if not SURVIVAL:
+        return
+    terminalreporter.section("survival of a platform stop (SIGKILL at 10 s)")
+    for row in SURVIVAL:
+        jobs = ", ".join(f"{k}: {v}" for k, v in row.items()
+                         if k not in ("framework", "broadcast", "setup", "platform_sigkill"))
+        terminalreporter.write_line(f"{row['framework']:<7} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
+                                    f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")

@@ -1,33 +1,89 @@
-"""Record every Celery task in graceshell's job ledger.
+"""Celery under graceshell: pool processes that survive the platform's
+broadcast, and every task in the job ledger.
 
-Import this module where the Celery app is created (`import
-graceshell.integrations.celery`). The handlers are connected before the pool
-forks, so every pool process records the tasks it runs: the ledger entry is
-written at task_prerun and removed at task_postrun (or when the task is
-revoked). A task whose process is killed mid-run stays in the ledger and
-shows up in graceshell's report as an orphaned job, with its id.
+    import graceshell.integrations.celery     # where the Celery app is created
+
+Read from celery 5.x (celery/apps/worker.py, celery/concurrency/prefork.py,
+billiard/pool.py, billiard/common.py):
+
+- A platform that signals every process (Heroku) sends SIGTERM to the pool
+  processes too, and billiard installs a handler there that exits at once:
+  the running task dies (WorkerLostError) although the main process's warm
+  shutdown would have let it finish. Here each pool process, before its
+  first task, replaces that handler: a SIGTERM during graceshell's warm
+  phase is ignored; once graceshell has escalated (its shutdown notice says
+  so), SIGTERM runs billiard's own handler as before. That matters because
+  Celery's cold shutdown (the QUIT that the celery preset sends at
+  budget-5s) cancels running tasks by sending SIGTERM to their pool
+  processes: those must then obey, so that tasks with acks_late go back to
+  the broker before the final kill.
+- The handler is installed at task_prerun, not worker_process_init, because
+  billiard resets the signal handlers after the initializer has run.
+- The main process is left alone: Celery already takes one TERM as its warm
+  shutdown and ignores repeats.
+
+Tasks without acks_late are acknowledged when they start; a cold shutdown
+cannot give them back. They stay in the ledger and are reported by id.
+Outside graceshell nothing changes but a dictionary lookup per task.
 """
 
 from __future__ import annotations
 
+import signal
+
 from celery import signals
 
-from graceshell import jobs
+from graceshell import jobs, shutdown
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import FrameType
     from typing import Any
 
 _running: dict[str, jobs.track] = {}
+_in_pool_process = False
+_celery_term_handler: Any = None
+_shield_installed = False
+
+
+@signals.worker_process_init.connect(weak=False)
+def _pool_process_started(**_: Any) -> None:
+    global _in_pool_process
+    _in_pool_process = True
+
+
+def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
+    if not shutdown.escalated():
+        return  # the platform's broadcast: the warm shutdown lets this task finish
+    handler = _celery_term_handler
+    if callable(handler):
+        handler(signum, frame)
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+
+def _shield_pool_process() -> None:
+    global _celery_term_handler, _shield_installed
+    _shield_installed = True
+    current = signal.getsignal(signal.SIGTERM)
+    if current is not _term_in_pool_process:
+        _celery_term_handler = current
+        signal.signal(signal.SIGTERM, _term_in_pool_process)
 
 
 @signals.task_prerun.connect(weak=False)
 def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    if not shutdown.under_graceshell():
+        return
+    if _in_pool_process and not _shield_installed:
+        _shield_pool_process()
     if task_id is None:
         return
     request = getattr(task, "request", None)
-    tracker = jobs.track(task_id, getattr(task, "name", None),
-                         queue=getattr(request, "delivery_info", {}).get("routing_key") if request else None,
+    delivery = getattr(request, "delivery_info", None) or {}
+    tracker = jobs.track(task_id, getattr(task, "name", None), queue=delivery.get("routing_key"),
+                         acks_late=bool(getattr(task, "acks_late", False)),
                          retries=getattr(request, "retries", None))
     _running[task_id] = tracker.__enter__()
 
