@@ -79,8 +79,13 @@ def warnings(plan: RunPlan) -> list[str]:
         found.append(f"only {format_duration(plan.ladder[-1].at - plan.ladder[-2].at)} between the last step "
                      "and the final KILL")
     if plan.platform.broadcast == BROADCAST_ALL:
-        found.append(f"{plan.platform.name} sends its stop signal to every process, not only to graceshell: "
-                     "the worker's own children must ignore it (see the integrations)")
+        advice = {
+            "celery": "add `import graceshell.integrations.celery` where the Celery app is created",
+            "rq": "the rq preset runs graceshell.integrations.rq.Worker (unless -w or $RQ_WORKER_CLASS says "
+                  "otherwise)",
+        }.get(plan.preset, "its children must ignore that signal while a job finishes")
+        found.append(f"{plan.platform.name} sends its stop signal to every process, the worker's children "
+                     f"included: {advice}")
     found.extend(_sidekiq_timeout(plan))
     return found
 

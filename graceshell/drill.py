@@ -179,7 +179,9 @@ class Drill:
             verdict = (f"needed the platform's SIGKILL at {format_duration(self.timeout)}: "
                        f"{len(platform_killed)} process(es) killed")
         elif orphaned:
-            verdict = f"stopped in {took}s but orphaned {len(orphaned)} job(s)"
+            requeued = sum(1 for job in orphaned if job.get("requeued"))
+            verdict = (f"stopped in {took}s, but {len(orphaned)} job(s) did not fit in the budget "
+                       f"({requeued} back in the queue, {len(orphaned) - requeued} not)")
         elif report.get("outcome") == "killed":
             verdict = (f"stopped in {took}s of {format_duration(self.timeout)}, but only by graceshell's "
                        "SIGKILL at its budget (no job was recorded as in flight)")

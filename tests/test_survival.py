@@ -118,6 +118,9 @@ def test_celery_survives_a_platform_stop(tmp_path, redis_url, monkeypatch, broad
     if wrapped:
         assert fates == {"short job": "completed", "long job": "requeued"}, result
         assert result["platform_killed"] == [], result
+        (orphan,) = result["orphaned_jobs"]  # named in the report, although it went back
+        assert orphan["id"] == long.id and orphan["requeued"] is True and orphan["interrupted"] is True
+        assert result["survived"] is False  # a job did not fit: the drill says so
 
 
 # -- RQ ---------------------------------------------------------------------------------------
@@ -176,3 +179,4 @@ def test_rq_survives_a_platform_stop(tmp_path, redis_url, broadcast, wrapped, le
         if length == LONG:
             (orphan,) = result["orphaned_jobs"]
             assert orphan["id"] == job.id and orphan["requeued"] is True
+        assert result["survived"] is (length == SHORT)

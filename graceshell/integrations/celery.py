@@ -44,6 +44,7 @@ _running: dict[str, jobs.track] = {}
 _in_pool_process = False
 _celery_term_handler: Any = None
 _shield_installed = False
+_interrupted = False  # graceshell's cold shutdown reached this process mid-task
 
 
 @signals.worker_process_init.connect(weak=False)
@@ -53,8 +54,14 @@ def _pool_process_started(**_: Any) -> None:
 
 
 def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
+    global _interrupted
     if not shutdown.escalated():
         return  # the platform's broadcast: the warm shutdown lets this task finish
+    # Celery's cold shutdown is cancelling the task in hand. Its ledger entry
+    # stays, so the report names it; with acks_late the broker redelivers it.
+    _interrupted = True
+    for task_id, tracker in _running.items():
+        jobs.update(task_id, interrupted=True, requeued=bool(tracker.extra.get("acks_late")))
     handler = _celery_term_handler
     if callable(handler):
         handler(signum, frame)
@@ -91,7 +98,7 @@ def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> Non
 @signals.task_postrun.connect(weak=False)
 def _task_finished(task_id: str | None = None, **_: Any) -> None:
     tracker = _running.pop(task_id or "", None)
-    if tracker is not None:
+    if tracker is not None and not _interrupted:
         tracker.__exit__(None, None, None)
 
 
