@@ -65,6 +65,21 @@ left at the platform's timeout.
 exit status: 0 when the worker stopped within the platform timeout with no
 orphaned job; 1 when it did not; 2 usage or config error."""
 
+START_DESCRIPTION = """\
+Run the Procfile's processes (all, or the PROCESS_TYPEs given), each under
+its own `graceshell run` with its graceshell.yml section, with every output
+line prefixed by the time and the process name.
+
+Ctrl-C (or TERM) stops them all in parallel, each with its own ladder, in
+the one budget; a second Ctrl-C escalates. When one exits on its own the
+others are stopped, unless its `restart:` is on-failure or always (then it
+is restarted with a backoff of 1s, 2s, 4s... up to `restart_limit` times a
+minute). Each process gets PORT (base +100 per type, +1 per instance) and
+GRACESHELL_PROCESS (worker.1).
+
+exit status: that of the process that ended the run, or 0 when a stop
+signal ended it and every process stopped well."""
+
 CHECK_DESCRIPTION = """\
 Validate graceshell.yml, the Procfile and .env, and print the effective
 settings of each process (or of PROCESS_TYPE): platform and how it was
@@ -121,9 +136,10 @@ def _preset(name: str) -> str:
     return name
 
 
-def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+def _add_setting_options(parser: argparse.ArgumentParser, short_config: bool = True) -> None:
     add = parser.add_argument
-    add("-c", "--config", metavar="FILE", help="YAML config (default: $GRACESHELL_CONFIG, else ./graceshell.yml)")
+    add(*(("-c", "--config") if short_config else ("--config",)), metavar="FILE",
+        help="YAML config (default: $GRACESHELL_CONFIG, else ./graceshell.yml)")
     add("--procfile", metavar="FILE", help="Procfile to read process types from (default: ./Procfile)")
     add("--env", metavar="FILE", action="append",
         help="env file for the worker, repeatable (default: ./.env when present); the real environment wins")
@@ -177,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--no-wrap", action="store_true", help="run the worker bare, without graceshell")
     drill.add_argument("--json", action="store_true", help="print the verdict as JSON")
     drill.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    start = commands.add_parser("start", help="run every Procfile process, each under graceshell",
+                                usage="graceshell start [OPTIONS] [PROCESS_TYPE]...", description=START_DESCRIPTION,
+                                formatter_class=raw)
+    _add_setting_options(start, short_config=False)
+    start.add_argument("-c", "--concurrency", metavar="TYPE=N,...", help="instances per type, e.g. worker=2,web=1")
+    start.add_argument("-p", "--port", metavar="PORT", type=int,
+                       help="base port: +100 per process type, +1 per instance (default: $PORT, else 5000)")
+    start.add_argument("process_types", nargs="*", metavar="PROCESS_TYPE", help=argparse.SUPPRESS)
     check = commands.add_parser("check", help="validate config and Procfile, print effective settings",
                                 usage="graceshell check [OPTIONS] [PROCESS_TYPE]", description=CHECK_DESCRIPTION,
                                 formatter_class=raw)
@@ -245,6 +269,46 @@ def drill_command(options: argparse.Namespace) -> int:
     return 0 if result["survived"] else 1
 
 
+def start_command(options: argparse.Namespace) -> int:
+    from graceshell.logs import Logger
+    from graceshell.plan import make_plan, run_command_line
+    from graceshell.resolve import Sources
+    from graceshell.start import (BASE_PORT, DEFAULT_RESTART_LIMIT, PORT_STEP_PER_TYPE, Instance, Starter,
+                                  colour_for, parse_concurrency)
+
+    environ = os.environ
+    sources = Sources(options.config, options.procfile, options.env, environ)
+    types = list(sources.procfile.processes)
+    for name in options.process_types:
+        if name not in types:
+            raise UsageError(f"{sources.procfile.path}: no process type {name!r} (types: {', '.join(types)})")
+    chosen = options.process_types or types
+    counts = parse_concurrency(options.concurrency, chosen)
+    flags = flag_layer(options, environ)
+    tty = sys.stdout.isatty()
+    requested = flags["log_format"].value if "log_format" in flags else "auto"
+    child_format = ("console" if tty else "json") if requested == "auto" else requested
+    base_port = options.port or int(environ.get("PORT", "") or BASE_PORT)
+    instances = []
+    for type_index, name in enumerate(chosen):
+        argv = sources.process_command(name)
+        settings = sources.settings_for(name, flags)
+        for number in range(1, counts[name] + 1):
+            instance_name = f"{name}.{number}"
+            settings["name"] = Setting(instance_name, Origin("start"))
+            plan = make_plan(argv, settings, environ)  # every plan is checked before anything starts
+            env = {**environ, "PORT": str(base_port + PORT_STEP_PER_TYPE * type_index + number - 1),
+                   "GRACESHELL_PROCESS": instance_name}
+            restart = settings["restart"].value if "restart" in settings else "no"
+            limit = settings["restart_limit"].value if "restart_limit" in settings else DEFAULT_RESTART_LIMIT
+            child = run_command_line(plan, options.config, log_format=child_format, env_files=options.env)
+            instances.append(Instance(instance_name, child, env, restart, limit, colour_for(len(instances))))
+    if not instances:
+        raise UsageError("nothing to start: every process type has a concurrency of 0")
+    log = Logger(requested, flags["log_level"].value if "log_level" in flags else "info")
+    return Starter(instances, log, sys.stdout.buffer, colour=tty and "NO_COLOR" not in environ).run()
+
+
 def run_command(options: argparse.Namespace) -> int:
     from graceshell.logs import Logger
 
@@ -291,7 +355,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
     try:
         options = build_parser().parse_args(argv)
-        handler = {"run": run_command, "check": check_command, "drill": drill_command}[options.subcommand]
+        handler = {"run": run_command, "check": check_command, "drill": drill_command,
+                   "start": start_command}[options.subcommand]
         code = handler(options)
     except GraceshellError as exc:
         _fail(str(exc), exc.exit_code)

@@ -202,6 +202,16 @@ class _Checker:
             env[name] = str(item).lower() if isinstance(item, bool) else str(item)
         return env
 
+    def restart(self, value: Any, path: tuple[Any, ...]) -> str:
+        if value is False:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
+        return self.choice(("no", "on-failure", "always"))(value, path)
+
+    def count(self, value: Any, path: tuple[Any, ...]) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.fail(path, f"expected a whole number of 0 or more, got {_kind(value)}")
+        return value
+
     def signal_list(self, value: Any, path: tuple[Any, ...]) -> frozenset[int]:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
@@ -256,7 +266,7 @@ def _kind(value: Any) -> str:
 PROCESS_KEYS: dict[str, str] = {
     "preset": "preset", "remap": "remap", "ladder": "ladder", "second_signal": "second_signal",
     "linger": "duration", "budget": "duration", "on_orphans": "string", "stop_signals": "signal_list",
-    "env": "env",
+    "env": "env", "restart": "restart", "restart_limit": "count",
 }
 TOP_KEYS: dict[str, str] = {
     "platform": "platform", "platform_timeout": "duration", "budget": "duration",

@@ -28,6 +28,7 @@ import time
 from graceshell import tree
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
+from graceshell.plan import run_command_line
 from graceshell.platforms import BROADCAST_ALL
 from graceshell.signals import signal_name
 
@@ -41,26 +42,6 @@ BROADCASTS = ("all", "group", "pid1")
 DRILL_TIMEOUT_WITHOUT_PLATFORM = 30.0
 DEFAULT_AFTER = 5.0
 _READY_CHECK = 0.05  # seconds between looks for --when-ready's file (the drill is a test tool)
-
-
-def wrapped_command(plan: RunPlan, config: str | None) -> list[str]:
-    """`graceshell run` with every resolved setting spelled out as flags."""
-    argv = [sys.executable, "-m", "graceshell", "run", "--log-format", "json", "--name", plan.name,
-            "--platform", plan.platform.name, "--budget", f"{plan.budget}s",
-            "--second-signal", plan.second_signal, "--linger", f"{plan.linger}s",
-            "--stop-signals", ",".join(signal_name(s) for s in sorted(plan.stop_signals))]
-    if config:
-        argv += ["--config", config]
-    if plan.platform_timeout is not None:
-        argv += ["--platform-timeout", f"{plan.platform_timeout}s"]
-    steps = [f"{signal_name(step.signal)}@{step.at}s" for step in plan.ladder if step.signal is not None]
-    if steps:
-        argv += ["--ladder", ",".join(steps)]
-    for source, target in plan.remap.items():
-        argv += ["--remap", f"{signal_name(source)}:{signal_name(target)}"]
-    if plan.on_orphans:
-        argv += ["--on-orphans", plan.on_orphans]
-    return [*argv, "--", *plan.argv]
 
 
 class Drill:
@@ -127,7 +108,7 @@ class Drill:
         subreaper = tree.become_subreaper()
         # Bare, the worker gets only the real environment: what it would get without graceshell.
         env = {**(self.plan.env or {}), **os.environ} if self.wrap else dict(os.environ)
-        argv = wrapped_command(self.plan, self.config) if self.wrap else self.plan.argv
+        argv = run_command_line(self.plan, self.config) if self.wrap else self.plan.argv
         try:
             # The worker's output goes to stderr: stdout carries only the verdict.
             proc = subprocess.Popen(argv, env=env, stdout=sys.stderr.fileno(), stderr=subprocess.PIPE,

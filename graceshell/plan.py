@@ -144,3 +144,31 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         preset=_get(settings, "preset", "generic"),
         on_orphans=_get(settings, "on_orphans"),
     )
+
+
+def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "json",
+                     env_files: list[str] | None = None) -> list[str]:
+    """`graceshell run` with every resolved setting of `plan` spelled out as
+    flags: how drill and start put a worker under its own graceshell."""
+    import sys
+
+    from graceshell.signals import signal_name
+
+    argv = [sys.executable, "-m", "graceshell", "run", "--log-format", log_format, "--name", plan.name,
+            "--platform", plan.platform.name, "--budget", f"{plan.budget}s",
+            "--second-signal", plan.second_signal, "--linger", f"{plan.linger}s",
+            "--stop-signals", ",".join(signal_name(s) for s in sorted(plan.stop_signals))]
+    if config:
+        argv += ["--config", config]
+    for file in env_files or ():
+        argv += ["--env", file]
+    if plan.platform_timeout is not None:
+        argv += ["--platform-timeout", f"{plan.platform_timeout}s"]
+    steps = [f"{signal_name(step.signal)}@{step.at}s" for step in plan.ladder if step.signal is not None]
+    if steps:
+        argv += ["--ladder", ",".join(steps)]
+    for source, target in plan.remap.items():
+        argv += ["--remap", f"{signal_name(source)}:{signal_name(target)}"]
+    if plan.on_orphans:
+        argv += ["--on-orphans", plan.on_orphans]
+    return [*argv, "--", *plan.argv]

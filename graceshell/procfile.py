@@ -22,8 +22,10 @@ _ENV_LINE = re.compile(r"^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
 # Characters that only a shell understands: when a command has none of them,
 # graceshell runs it directly and the worker is graceshell's own child.
 _SHELL_SYNTAX = set("$`|&;<>()*?[]{}~!#\\\n")
-# Operators that make a command more than one process, so `exec` cannot apply.
+# Operators that make a command more than one process, so `exec` cannot apply
+# (looked for outside quotes).
 _COMPOUND = re.compile(r"[|&;()\n]|\b(?:if|for|while|until|case)\b")
+_QUOTED = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"")
 
 
 class Procfile:
@@ -88,9 +90,11 @@ def command_argv(command: str, where: str) -> list[str]:
             raise UsageError(f"{where}: cannot parse command: {exc}") from None
         if words and "=" in words[0].split("/")[0]:
             words = None  # a leading VAR=value assignment is shell syntax
+        elif words and words[0] == "exec":
+            words = words[1:]  # the shell's "replace me": without a shell, the command itself
     if words:
         return words
-    if not _COMPOUND.search(command) and not command.lstrip().startswith("exec "):
+    if not _COMPOUND.search(_QUOTED.sub("''", command)) and not command.lstrip().startswith("exec "):
         return ["sh", "-c", f"exec {command}"]
     return ["sh", "-c", command]
 

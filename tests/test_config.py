@@ -240,6 +240,8 @@ def test_procfile_rules():
     ("gunicorn --bind :$PORT", ["sh", "-c", "exec gunicorn --bind :$PORT"]),
     ("FOO=1 celery worker", ["sh", "-c", "exec FOO=1 celery worker"]),
     ("a | b", ["sh", "-c", "a | b"]),
+    ("exec celery worker", ["celery", "worker"]),
+    ("python -c 'import a; a.b()' $X", ["sh", "-c", "exec python -c 'import a; a.b()' $X"]),
     ("cd app && celery worker", ["sh", "-c", "cd app && celery worker"]),
 ])
 def test_command_needs_a_shell_only_when_it_must(command, argv):

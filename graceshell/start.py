@@ -1,0 +1,292 @@
+"""`graceshell start`: every Procfile process at once, each under its own
+`graceshell run`, with prefixed output and one stop for all.
+
+One event loop, as in `run`: a selector over the children's output pipes,
+their pidfds and the signal wakeup pipe; the only timeout is the next
+restart. Output is read in whole lines per process and written out one
+line at a time, so lines from two processes never interleave; a process that
+floods its output is slowed by the pipe (nothing is dropped, and at most one
+partial line per process is held).
+
+The rules of a supervisor: a stop signal stops every process in parallel,
+each with its own ladder, inside the one budget; a second one escalates them
+all. A process that exits on its own stops the others (honcho's rule),
+unless its `restart` is `on-failure` or `always`: then it is restarted after
+1 s, 2 s, 4 s ... (at most 30 s; back to 1 s once it has run for 10 s), and
+given up on after `restart_limit` restarts within a minute, like an OTP
+supervisor's intensity and period.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+
+from graceshell.signals import forwardable_signals, signal_name
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
+    from graceshell.logs import Logger
+
+BASE_PORT = 5000
+PORT_STEP_PER_TYPE = 100
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+BACKOFF_RESET_AFTER = 10.0  # a run this long resets the backoff
+RESTART_PERIOD = 60.0
+DEFAULT_RESTART_LIMIT = 5
+MAX_PARTIAL_LINE = 64 * 1024  # a longer line is written out in pieces rather than held
+_COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95")
+
+
+class Instance:
+    """One running copy of a process type: `worker.2`."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], restart: str, restart_limit: int,
+                 colour: str) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.restart = restart
+        self.restart_limit = restart_limit
+        self.colour = colour
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pidfd: int | None = None
+        self.output: int | None = None
+        self.partial = b""
+        self.started_at = 0.0
+        self.backoff = BACKOFF_FIRST
+        self.restart_times: list[float] = []
+        self.restart_at: float | None = None
+        self.exit_code: int | None = None
+        self.restarts = 0
+        self.gave_up = False
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None
+
+
+class Starter:
+    def __init__(self, instances: list[Instance], log: Logger, out: BinaryIO, colour: bool) -> None:
+        self.instances = instances
+        self.log = log
+        self.out = out
+        self.colour = colour
+        self.width = max(len(i.name) for i in instances)
+        self.selector = selectors.DefaultSelector()
+        self.stopping = False
+        self.stop_requests = 0
+        self.cause: Instance | None = None  # the process whose exit stopped the others
+
+    # -- output ------------------------------------------------------------------
+
+    def _prefix(self, instance: Instance) -> bytes:
+        stamp = time.strftime("%H:%M:%S")
+        name = instance.name.ljust(self.width)
+        if self.colour:
+            return f"\033[{instance.colour}m{stamp} {name} |\033[0m ".encode()
+        return f"{stamp} {name} | ".encode()
+
+    def _emit(self, instance: Instance, lines: list[bytes]) -> None:
+        prefix = self._prefix(instance)
+        data = b"".join(prefix + line + b"\n" for line in lines)
+        try:
+            self.out.write(data)  # one write per batch of whole lines: never interleaved
+            self.out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _read(self, instance: Instance, *, draining: bool = False) -> bool:
+        """Read what the process wrote; False at end of file (or, draining, when nothing is left)."""
+        assert instance.output is not None
+        try:
+            data = os.read(instance.output, 65536)
+        except BlockingIOError:
+            return not draining
+        if not data:
+            if instance.partial:
+                self._emit(instance, [instance.partial])
+                instance.partial = b""
+            return False
+        lines = (instance.partial + data).split(b"\n")
+        instance.partial = lines.pop()
+        if len(instance.partial) > MAX_PARTIAL_LINE:
+            lines.append(instance.partial)
+            instance.partial = b""
+        if lines:
+            self._emit(instance, lines)
+        return True
+
+    # -- processes -----------------------------------------------------------------
+
+    def _spawn(self, instance: Instance) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            instance.proc = subprocess.Popen(instance.argv, stdin=subprocess.DEVNULL, stdout=write_fd,
+                                             stderr=write_fd, env=instance.env, start_new_session=True)
+        finally:
+            os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        instance.output = read_fd
+        instance.started_at = time.monotonic()
+        instance.restart_at = None
+        self.selector.register(read_fd, selectors.EVENT_READ, ("output", instance))
+        try:
+            instance.pidfd = os.pidfd_open(instance.proc.pid)
+            self.selector.register(instance.pidfd, selectors.EVENT_READ, ("exit", instance))
+        except (AttributeError, OSError):
+            instance.pidfd = None  # SIGCHLD wakes the loop instead
+
+    def _close_output(self, instance: Instance) -> None:
+        assert instance.output is not None
+        self.selector.unregister(instance.output)
+        os.close(instance.output)
+        instance.output = None
+
+    def _signal_all(self, signum: int) -> None:
+        for instance in self.instances:
+            if instance.proc is not None and instance.proc.poll() is None:
+                try:
+                    instance.proc.send_signal(signum)
+                except ProcessLookupError:
+                    pass
+
+    def _stop_all(self, signum: int, reason: str) -> None:
+        self.stopping = True
+        for instance in self.instances:
+            instance.restart_at = None  # no restarts once stopping
+        self.log.info("graceshell.stop_all", signal=signal_name(signum), reason=reason)
+        self._signal_all(signum)
+
+    def _on_exit(self, instance: Instance, now: float) -> None:
+        assert instance.proc is not None
+        code = instance.proc.wait()
+        code = code if code >= 0 else 128 - code
+        if instance.pidfd is not None:
+            self.selector.unregister(instance.pidfd)
+            os.close(instance.pidfd)
+            instance.pidfd = None
+        if instance.output is not None:  # what is left in the pipe belongs to this run
+            while self._read(instance, draining=True):
+                pass
+            if instance.partial:
+                self._emit(instance, [instance.partial])
+                instance.partial = b""
+            self._close_output(instance)
+        instance.proc, instance.exit_code = None, code
+        ran = now - instance.started_at
+        if self.stopping:
+            return
+        wants_restart = instance.restart == "always" or (instance.restart == "on-failure" and code != 0)
+        if wants_restart:
+            if ran >= BACKOFF_RESET_AFTER:
+                instance.backoff = BACKOFF_FIRST
+            instance.restart_times = [t for t in instance.restart_times if now - t < RESTART_PERIOD]
+            if len(instance.restart_times) < instance.restart_limit:
+                instance.restart_times.append(now)
+                instance.restart_at = now + instance.backoff
+                self.log.warning("graceshell.restart", process=instance.name, exit_code=code, ran_s=round(ran, 3),
+                                 in_s=instance.backoff, restarts_in_period=len(instance.restart_times))
+                instance.backoff = min(instance.backoff * 2, BACKOFF_MAX)
+                return
+            instance.gave_up = True
+            self.log.error("graceshell.give_up", process=instance.name, exit_code=code,
+                           restarts=len(instance.restart_times), period_s=RESTART_PERIOD)
+        self.cause = instance
+        self._stop_all(signal.SIGTERM, reason=f"{instance.name} exited with {code}")
+
+    # -- the loop -------------------------------------------------------------------
+
+    def run(self) -> int:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        stops = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGQUIT)}
+        for signum in forwardable_signals() | {int(signal.SIGCHLD)}:
+            signal.signal(signum, lambda *_: None)
+        self.selector.register(read_fd, selectors.EVENT_READ, ("signal", None))
+        for instance in self.instances:
+            self._spawn(instance)
+        self.log.info("graceshell.start_all", processes=[i.name for i in self.instances])
+        while True:
+            due = [i.restart_at for i in self.instances if i.restart_at is not None]
+            timeout = max(0.0, min(due) - time.monotonic()) if due else None
+            for key, _ in self.selector.select(timeout):
+                kind, instance = key.data
+                if kind == "signal":
+                    for signum in _drain(read_fd):
+                        if signum in stops:
+                            self.stop_requests += 1
+                            if not self.stopping:
+                                self._stop_all(signum, reason=f"received {signal_name(signum)}")
+                            else:  # a second request: every process escalates its own ladder
+                                self._signal_all(signum)
+                        elif signum != signal.SIGCHLD:
+                            self._signal_all(signum)
+                elif kind == "output":
+                    if instance.output is not None and not self._read(instance):
+                        self._close_output(instance)
+                elif kind == "exit":
+                    self._on_exit(instance, time.monotonic())
+            now = time.monotonic()
+            for instance in self.instances:
+                if instance.pidfd is None and instance.proc is not None and instance.proc.poll() is not None:
+                    self._on_exit(instance, now)
+                if instance.restart_at is not None and now >= instance.restart_at and not self.stopping:
+                    instance.restarts += 1
+                    self._spawn(instance)
+            if all(i.proc is None and i.restart_at is None for i in self.instances):
+                break
+        return self._summary()
+
+    def _summary(self) -> int:
+        if self.cause is not None:
+            code = self.cause.exit_code or 0
+        else:
+            # Stopped by a signal: fine when each process ended well; else the first failure.
+            bad = [i.exit_code for i in self.instances if i.exit_code not in (0, 128 + signal.SIGTERM,
+                                                                              128 + signal.SIGINT)]
+            code = bad[0] if bad else 0
+        self.log.log("info" if code == 0 else "warning", "graceshell.summary", exit_code=code,
+                     cause=self.cause.name if self.cause else None,
+                     processes=[{"process": i.name, "exit_code": i.exit_code, "restarts": i.restarts,
+                                 "gave_up": i.gave_up} for i in self.instances])
+        return code if isinstance(code, int) else 1
+
+
+def _drain(fd: int) -> list[int]:
+    found: list[int] = []
+    while True:
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            return found
+        if not data:
+            return found
+        found.extend(data)
+
+
+def parse_concurrency(text: str | None, types: list[str]) -> dict[str, int]:
+    """`worker=2,web=1` -> counts; types not named run once (0 leaves one out)."""
+    from graceshell.errors import UsageError
+
+    counts = {name: 1 for name in types}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, sep, number = item.partition("=")
+        if not sep or not number.strip().isdigit():
+            raise UsageError(f"--concurrency: {item!r} is not TYPE=N (e.g. worker=2)")
+        if name.strip() not in counts:
+            raise UsageError(f"--concurrency: no process type {name.strip()!r} (types: {', '.join(types)})")
+        counts[name.strip()] = int(number)
+    return counts
+
+
+def colour_for(index: int) -> str:
+    return _COLOURS[index % len(_COLOURS)]
+

@@ -1,0 +1,125 @@
+"""`graceshell start`: a whole Procfile, each process under its own graceshell."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import clean_env, wait_for
+
+LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+)\s* \| (.*)$")
+
+
+def start(tmp: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "graceshell", "start", "--platform", "none", *args], cwd=tmp,
+                            env=env or clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def lines_of(out: bytes) -> list[tuple[str, str]]:
+    found = []
+    for raw in out.decode().splitlines():
+        match = LINE.match(raw)
+        assert match, f"unprefixed or broken line: {raw!r}"
+        found.append((match.group(1), match.group(2)))
+    return found
+
+
+def events(err: bytes, name: str) -> list[dict]:
+    return [e for e in (json.loads(line) for line in err.decode().splitlines() if line.startswith("{"))
+            if e["event"] == name]
+
+
+def test_all_start_with_port_and_name_and_ctrl_c_stops_them(tmp_path):
+    (tmp_path / "Procfile").write_text('web: echo "web $PORT $GRACESHELL_PROCESS"; exec sleep 30\n'
+                                       'worker: echo "worker $PORT $GRACESHELL_PROCESS"; exec sleep 30\n')
+    proc = start(tmp_path, "-c", "worker=2")
+    time.sleep(2.5)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches start's whole group
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert time.monotonic() - started < 5
+    said = {text for name, text in lines_of(out) if not text.startswith("{")}
+    assert said == {"web 5000 web.1", "worker 5100 worker.1", "worker 5101 worker.2"}
+    (summary,) = events(err, "graceshell.summary")
+    assert [(p["process"], p["exit_code"]) for p in summary["processes"]] == [
+        ("web.1", 130), ("worker.1", 130), ("worker.2", 130)]
+    reports = [json.loads(text) for _, text in lines_of(out) if '"graceshell.exit"' in text]
+    assert sorted(r["process"] for r in reports) == ["web.1", "worker.1", "worker.2"]
+    assert all(r["outcome"] == "clean" for r in reports)
+
+
+def test_lines_stay_whole_and_none_is_lost_when_two_processes_flood(tmp_path):
+    count = 20000
+    flood = f"{sys.executable} -c \"import sys; [sys.stdout.write('%s-%06d-' % (sys.argv[1], i) + 'x' * 200 + chr(10)) for i in range({count})]\""
+    (tmp_path / "Procfile").write_text(f"a: {flood} A\nb: {flood} B\n")
+    proc = start(tmp_path, "--linger", "0s")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    got = {"a.1": [], "b.1": []}
+    for name, text in lines_of(out):
+        if not text.startswith("{"):
+            got[name].append(text)
+    for name, tag in (("a.1", "A"), ("b.1", "B")):
+        assert got[name] == [f"{tag}-{i:06d}-" + "x" * 200 for i in range(count)]
+
+
+def test_a_stubborn_process_is_killed_at_the_budget(tmp_path):
+    (tmp_path / "Procfile").write_text("stubborn: trap '' INT TERM; while :; do sleep 0.1; done\n"
+                                       "web: exec sleep 30\n")
+    proc = start(tmp_path, "--budget", "1s")
+    time.sleep(2)
+    began = time.monotonic()
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - began < 4
+    assert proc.returncode == 137, err
+    (summary,) = events(err, "graceshell.summary")
+    assert {p["process"]: p["exit_code"] for p in summary["processes"]} == {"stubborn.1": 137, "web.1": 143}
+
+
+def test_one_crashing_process_stops_the_rest(tmp_path):
+    (tmp_path / "Procfile").write_text("crash: sleep 1; exit 3\nweb: exec sleep 30\n")
+    began = time.monotonic()
+    proc = start(tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert time.monotonic() - began < 10
+    (summary,) = events(err, "graceshell.summary")
+    assert summary["cause"] == "crash.1"
+    assert {p["process"]: p["exit_code"] for p in summary["processes"]} == {"crash.1": 3, "web.1": 143}
+
+
+def test_a_restarting_process_backs_off_and_gives_up(tmp_path):
+    (tmp_path / "Procfile").write_text("flaky: echo run; exit 1\nweb: exec sleep 30\n")
+    (tmp_path / "graceshell.yml").write_text("processes:\n  flaky:\n    restart: on-failure\n    restart_limit: 2\n")
+    began = time.monotonic()
+    proc = start(tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert 3 <= time.monotonic() - began < 15  # waited 1 s, then 2 s
+    assert [e["in_s"] for e in events(err, "graceshell.restart")] == [1.0, 2.0]
+    (gave_up,) = events(err, "graceshell.give_up")
+    assert gave_up["process"] == "flaky.1" and gave_up["restarts"] == 2
+    assert [text for name, text in lines_of(out) if name == "flaky.1" and text == "run"] == ["run"] * 3
+    (summary,) = events(err, "graceshell.summary")
+    assert summary["processes"][0] == {"process": "flaky.1", "exit_code": 1, "restarts": 2, "gave_up": True}
+
+
+def test_bad_procfile_and_flags_are_one_line_exit_2(tmp_path):
+    (tmp_path / "Procfile").write_text("web: exec sleep 1\nnot a process line\n")
+    proc = start(tmp_path)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and err == b"graceshell: error: Procfile:2: expected NAME: COMMAND\n"
+    (tmp_path / "Procfile").write_text("web: exec sleep 1\n")
+    for args, message in ((["-c", "web=x"], "--concurrency: 'web=x' is not TYPE=N"),
+                          (["-c", "db=1"], "--concurrency: no process type 'db'"),
+                          (["nosuch"], "no process type 'nosuch' (types: web)")):
+        proc = start(tmp_path, *args)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 2 and message in err.decode() and err.count(b"\n") == 1, err
