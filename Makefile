@@ -6,12 +6,18 @@ VENV := .venv
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --editable '.[test]' --config-settings editable_mode=compat
+	$(VENV)/bin/python -m compileall -q graceshell
 	touch $@
 
-.PHONY: demo test
+.PHONY: demo test bench
 demo: $(VENV)/.installed
 	bash examples/demo.sh
 
 test: $(VENV)/.installed
-	bash tools/ensure-redis-server
+	bash tools/install-test-deps
 	$(VENV)/bin/python -m pytest
+
+# The full side-by-side benchmark (about 5 minutes); `--smoke` runs in the tests.
+bench: $(VENV)/.installed
+	bash tools/install-test-deps
+	$(VENV)/bin/python benchmarks/run.py --json benchmarks/results.json

@@ -1,4 +1,5 @@
-/* A worker for benchmarks: prints "ready PID", then "SIGNUM MONOTONIC_NS" for
+/* A worker for benchmarks: prints "ready PID MONOTONIC_NS" (the moment its
+ * main() began), then "SIGNUM MONOTONIC_NS" for
  * every signal it receives, from the handler itself (write(2) and
  * clock_gettime(2) are async-signal-safe). It never exits on its own. */
 #include <signal.h>
@@ -24,13 +25,16 @@ static void on_signal(int signum) {
 }
 
 int main(void) {
+    struct timespec started;
+    clock_gettime(CLOCK_MONOTONIC, &started);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sa.sa_flags = SA_RESTART;
     int handled[] = {SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM};
     for (unsigned i = 0; i < sizeof handled / sizeof handled[0]; i++) sigaction(handled[i], &sa, NULL);
-    printf("ready %d\n", (int)getpid());
+    printf("ready %d %llu\n", (int)getpid(),
+           (unsigned long long)started.tv_sec * 1000000000ULL + (unsigned long long)started.tv_nsec);
     fflush(stdout);
     for (;;) pause();
 }

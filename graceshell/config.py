@@ -12,8 +12,6 @@ already typed.
 
 from __future__ import annotations
 
-import os
-
 from graceshell.durations import parse_duration
 from graceshell.errors import UsageError
 from graceshell.ladder import LadderError, StepSpec, parse_ladder_spec, resolve_offset
@@ -27,9 +25,6 @@ TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
-
-DEFAULT_CONFIG = "graceshell.yml"
-CONFIG_ENV = "GRACESHELL_CONFIG"
 
 
 class ConfigError(UsageError):
@@ -47,15 +42,6 @@ class ConfigFile:
         self.top = top
         self.defaults = defaults
         self.processes = processes
-
-
-def find_config(explicit: str | None, environ: Mapping[str, str]) -> str | None:
-    """-c/--config, then $GRACESHELL_CONFIG, then ./graceshell.yml when present."""
-    if explicit:
-        return explicit
-    if environ.get(CONFIG_ENV):
-        return environ[CONFIG_ENV]
-    return DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
 
 
 # -- reading YAML with positions ------------------------------------------------------

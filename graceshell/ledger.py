@@ -13,7 +13,6 @@ Dot-files in jobs/ are writes in progress and are never read.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 from graceshell.jobs import JOBS_DIR_ENV
@@ -125,4 +124,6 @@ class Ledger:
         if self.watch_fd is not None:
             os.close(self.watch_fd)
             self.watch_fd = None
+        import shutil
+
         shutil.rmtree(self.root, ignore_errors=True)

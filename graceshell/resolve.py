@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import os
 
-from graceshell.config import ConfigFile, find_config, load_config
 from graceshell.errors import UsageError
 from graceshell.presets import preset_layer
-from graceshell.procfile import Procfile, command_argv, read_dotenv, read_procfile
 from graceshell.settings import Origin, Setting, merge
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from graceshell.config import ConfigFile
+    from graceshell.procfile import Procfile
+
+# The parsers are imported only when there is a file to parse: `graceshell
+# run -- CMD` with no graceshell.yml, Procfile or .env pays for none of them.
+DEFAULT_CONFIG = "graceshell.yml"
+CONFIG_ENV = "GRACESHELL_CONFIG"
 
 DEFAULT_PROCFILE = "Procfile"
 DEFAULT_DOTENV = ".env"
@@ -32,18 +38,26 @@ class Sources:
 
     def __init__(self, config_path: str | None, procfile_path: str | None, env_files: Sequence[str] | None,
                  environ: Mapping[str, str]) -> None:
-        path = find_config(config_path, environ)
-        self.config: ConfigFile | None = load_config(path) if path else None
+        path = config_path or environ.get(CONFIG_ENV) or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+        self.config: ConfigFile | None = None
+        if path:
+            from graceshell.config import load_config
+
+            self.config = load_config(path)
         self.procfile_path = procfile_path or DEFAULT_PROCFILE
         self._procfile: Procfile | None = None
         files = list(env_files) if env_files else ([DEFAULT_DOTENV] if os.path.exists(DEFAULT_DOTENV) else [])
         self.dotenv: dict[str, Setting] = {}
+        if files:
+            from graceshell.procfile import read_dotenv
         for file in files:
             self.dotenv = merge([self.dotenv, {"env": Setting(read_dotenv(file), Origin(file))}])
 
     @property
     def procfile(self) -> Procfile:
         if self._procfile is None:
+            from graceshell.procfile import read_procfile
+
             self._procfile = read_procfile(self.procfile_path)
         return self._procfile
 
@@ -59,6 +73,8 @@ class Sources:
             raise UsageError(f"{procfile.path}: no process type {process_type!r} "
                              f"(types: {', '.join(procfile.processes)})")
         where = f"{procfile.path}:{procfile.lines[process_type]}"
+        from graceshell.procfile import command_argv
+
         argv = command_argv(procfile.processes[process_type], where)
         if _runs_itself(argv, process_type):
             raise UsageError(f"{where}: the command of {process_type!r} is `graceshell run {process_type}` "

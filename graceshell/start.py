@@ -56,8 +56,9 @@ class Instance:
         self.colour = colour
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd: int | None = None
-        self.output: int | None = None
-        self.partial = b""
+        # stdout and stderr each have their own pipe (and partial line): a
+        # program's buffered stdout must not be cut by a line on its stderr.
+        self.outputs: dict[int, bytes] = {}
         self.started_at = 0.0
         self.backoff = BACKOFF_FIRST
         self.restart_times: list[float] = []
@@ -101,23 +102,20 @@ class Starter:
         except (OSError, ValueError):
             pass
 
-    def _read(self, instance: Instance, *, draining: bool = False) -> bool:
-        """Read what the process wrote; False at end of file (or, draining, when nothing is left)."""
-        assert instance.output is not None
+    def _read(self, instance: Instance, fd: int, *, draining: bool = False) -> bool:
+        """Read what the process wrote on `fd`; False at end of file (or, draining, when nothing is left)."""
         try:
-            data = os.read(instance.output, 65536)
+            data = os.read(fd, 65536)
         except BlockingIOError:
             return not draining
         if not data:
-            if instance.partial:
-                self._emit(instance, [instance.partial])
-                instance.partial = b""
             return False
-        lines = (instance.partial + data).split(b"\n")
-        instance.partial = lines.pop()
-        if len(instance.partial) > MAX_PARTIAL_LINE:
-            lines.append(instance.partial)
-            instance.partial = b""
+        lines = (instance.outputs[fd] + data).split(b"\n")
+        partial = lines.pop()
+        if len(partial) > MAX_PARTIAL_LINE:
+            lines.append(partial)
+            partial = b""
+        instance.outputs[fd] = partial
         if lines:
             self._emit(instance, lines)
         return True
@@ -125,28 +123,32 @@ class Starter:
     # -- processes -----------------------------------------------------------------
 
     def _spawn(self, instance: Instance) -> None:
-        read_fd, write_fd = os.pipe()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
         try:
-            instance.proc = subprocess.Popen(instance.argv, stdin=subprocess.DEVNULL, stdout=write_fd,
-                                             stderr=write_fd, env=instance.env, start_new_session=True)
+            instance.proc = subprocess.Popen(instance.argv, stdin=subprocess.DEVNULL, stdout=out_write,
+                                             stderr=err_write, env=instance.env, start_new_session=True)
         finally:
-            os.close(write_fd)
-        os.set_blocking(read_fd, False)
-        instance.output = read_fd
+            os.close(out_write)
+            os.close(err_write)
+        for fd in (out_read, err_read):
+            os.set_blocking(fd, False)
+            instance.outputs[fd] = b""
+            self.selector.register(fd, selectors.EVENT_READ, ("output", instance))
         instance.started_at = time.monotonic()
         instance.restart_at = None
-        self.selector.register(read_fd, selectors.EVENT_READ, ("output", instance))
         try:
             instance.pidfd = os.pidfd_open(instance.proc.pid)
             self.selector.register(instance.pidfd, selectors.EVENT_READ, ("exit", instance))
         except (AttributeError, OSError):
             instance.pidfd = None  # SIGCHLD wakes the loop instead
 
-    def _close_output(self, instance: Instance) -> None:
-        assert instance.output is not None
-        self.selector.unregister(instance.output)
-        os.close(instance.output)
-        instance.output = None
+    def _close_output(self, instance: Instance, fd: int) -> None:
+        partial = instance.outputs.pop(fd)
+        if partial:
+            self._emit(instance, [partial])
+        self.selector.unregister(fd)
+        os.close(fd)
 
     def _signal_all(self, signum: int) -> None:
         for instance in self.instances:
@@ -171,13 +173,10 @@ class Starter:
             self.selector.unregister(instance.pidfd)
             os.close(instance.pidfd)
             instance.pidfd = None
-        if instance.output is not None:  # what is left in the pipe belongs to this run
-            while self._read(instance, draining=True):
+        for fd in list(instance.outputs):  # what is left in the pipes belongs to this run
+            while self._read(instance, fd, draining=True):
                 pass
-            if instance.partial:
-                self._emit(instance, [instance.partial])
-                instance.partial = b""
-            self._close_output(instance)
+            self._close_output(instance, fd)
         instance.proc, instance.exit_code = None, code
         ran = now - instance.started_at
         if self.stopping:
@@ -230,8 +229,8 @@ class Starter:
                         elif signum != signal.SIGCHLD:
                             self._signal_all(signum)
                 elif kind == "output":
-                    if instance.output is not None and not self._read(instance):
-                        self._close_output(instance)
+                    if key.fd in instance.outputs and not self._read(instance, key.fd):
+                        self._close_output(instance, key.fd)
                 elif kind == "exit":
                     self._on_exit(instance, time.monotonic())
             now = time.monotonic()

@@ -19,7 +19,6 @@ import signal
 import time
 
 from graceshell import tree
-from graceshell.hooks import run_on_orphans
 from graceshell.ladder import describe
 from graceshell.ledger import Ledger
 from graceshell.logs import Logger
@@ -253,11 +252,10 @@ class Supervisor:
             self.stop_at, self.stop_signal = now, signum
             self.first_signal = self.plan.first_signal(signum)
             self._write_notice(signum)  # before the worker hears anything
-            self.log.info("graceshell.signal", signal=name, action="stop", budget_s=self.plan.budget,
-                          ladder=describe(self.plan.ladder, self.first_signal))
             if self.main_status is None:
-                self._fire_step(now)
+                self._fire_step(now, logged_after=(name, describe(self.plan.ladder, self.first_signal)))
             else:
+                self.log.info("graceshell.signal", signal=name, action="stop", budget_s=self.plan.budget)
                 self._escalate_leftovers(now)
             tree.warm_up()  # after the worker has its signal: later steps must be on time
             return
@@ -341,7 +339,7 @@ class Supervisor:
             return False
         return True
 
-    def _fire_step(self, now: float) -> None:
+    def _fire_step(self, now: float, logged_after: tuple[str, list[dict[str, object]]] | None = None) -> None:
         index = self.next_step
         step = self.plan.ladder[index]
         self.next_step += 1
@@ -355,6 +353,9 @@ class Supervisor:
         if index:
             self._note_escalation(index)
         delivered = self._send_main(sent)
+        if logged_after is not None:  # the stop's own event, written once the worker has its signal
+            self.log.info("graceshell.signal", signal=logged_after[0], action="stop", budget_s=self.plan.budget,
+                          ladder=logged_after[1])
         if index == 0:
             self.log.info("graceshell.forward", signal=signal_name(sent), received=signal_name(self.stop_signal or sent),
                           pid=self.pid, delivered=delivered)
@@ -445,6 +446,8 @@ class Supervisor:
         troubled = report["outcome"] in ("killed", "escalated", "crashed") or self.survivors or orphaned
         self.log.log("warning" if troubled else "info", "graceshell.exit", **report)
         if orphaned and self.plan.on_orphans:
+            from graceshell.hooks import run_on_orphans
+
             run_on_orphans(self.plan.on_orphans, {"process": self.plan.name, **report}, self._hook_time(),
                            self.log)
         exit_code = report["exit_code"]

@@ -171,7 +171,15 @@ def redis_url(tmp_path_factory):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """The survival table of the end-to-end tests (graceshell's and the bare frameworks')."""
+    """The survival table of the end-to-end tests, and the benchmarks' smoke figures."""
+    try:
+        from test_benchmarks import SMOKE_OUTPUT
+    except ImportError:
+        SMOKE_OUTPUT = []
+    for output in SMOKE_OUTPUT:
+        terminalreporter.section("benchmarks, smoke run (figures only, no thresholds)")
+        for line in output.splitlines():
+            terminalreporter.write_line(line)
     try:
         from test_survival import SURVIVAL
     except ImportError:
