@@ -253,7 +253,7 @@ class Supervisor:
             self.first_signal = self.plan.first_signal(signum)
             self._write_notice(signum)  # before the worker hears anything
             if self.main_status is None:
-                self._fire_step(now, logged_after=(name, describe(self.plan.ladder, self.first_signal)))
+                self._fire_step(now, log_stop=name)
             else:
                 self.log.info("graceshell.signal", signal=name, action="stop", budget_s=self.plan.budget)
                 self._escalate_leftovers(now)
@@ -339,7 +339,7 @@ class Supervisor:
             return False
         return True
 
-    def _fire_step(self, now: float, logged_after: tuple[str, list[dict[str, object]]] | None = None) -> None:
+    def _fire_step(self, now: float, log_stop: str | None = None) -> None:
         index = self.next_step
         step = self.plan.ladder[index]
         self.next_step += 1
@@ -353,9 +353,9 @@ class Supervisor:
         if index:
             self._note_escalation(index)
         delivered = self._send_main(sent)
-        if logged_after is not None:  # the stop's own event, written once the worker has its signal
-            self.log.info("graceshell.signal", signal=logged_after[0], action="stop", budget_s=self.plan.budget,
-                          ladder=logged_after[1])
+        if log_stop is not None:  # the stop's own event, written once the worker has its signal
+            self.log.info("graceshell.signal", signal=log_stop, action="stop", budget_s=self.plan.budget,
+                          ladder=describe(self.plan.ladder, self.first_signal))
         if index == 0:
             self.log.info("graceshell.forward", signal=signal_name(sent), received=signal_name(self.stop_signal or sent),
                           pid=self.pid, delivered=delivered)
