@@ -13,7 +13,7 @@ already typed.
 from __future__ import annotations
 
 from graceshell.durations import parse_duration
-from graceshell.errors import UsageError
+from graceshell.errors import UsageError, read_user_file
 from graceshell.ladder import LadderError, StepSpec, parse_ladder_spec, resolve_offset
 from graceshell.logs import FORMATS, LEVELS
 from graceshell.platforms import PLATFORMS
@@ -72,13 +72,7 @@ def read_yaml(path: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     """The document at `path` (safe types only) and the line of each key path."""
     import yaml
 
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    text = read_user_file(path, "config file not found", ConfigError)
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -26,3 +26,14 @@ class UsageError(GraceshellError):
     """Bad flags, values or configuration: exit 2, nothing started."""
 
     exit_code = USAGE_EXIT
+
+
+def read_user_file(path: str, missing: str, error: type[GraceshellError] = UsageError) -> str:
+    """The text of a file the user named (config, Procfile, .env), or their error in one line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None

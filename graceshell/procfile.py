@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from graceshell.errors import UsageError
+from graceshell.errors import UsageError, read_user_file
 
 PROCESS_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
@@ -38,14 +38,7 @@ class Procfile:
 
 
 def read_procfile(path: str) -> Procfile:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: Procfile not found (use --procfile FILE)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse_procfile(text, path)
+    return parse_procfile(read_user_file(path, "Procfile not found (use --procfile FILE)"), path)
 
 
 def parse_procfile(text: str, path: str = "Procfile") -> Procfile:
@@ -100,14 +93,7 @@ def command_argv(command: str, where: str) -> list[str]:
 
 
 def read_dotenv(path: str) -> dict[str, str]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: env file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    return parse_dotenv(text, path)
+    return parse_dotenv(read_user_file(path, "env file not found"), path)
 
 
 def parse_dotenv(text: str, path: str = ".env") -> dict[str, str]:

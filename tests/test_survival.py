@@ -36,6 +36,24 @@ def drill(tmp: Path, args: list[str], env: dict) -> subprocess.Popen:
                             cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
+def stop_drill(proc: subprocess.Popen) -> None:
+    """On a failure, the drill and every worker process under it: none may outlive the test."""
+    import psutil
+
+    if proc.poll() is not None:
+        return
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for each in procs:
+        try:
+            each.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
 def finish(proc: subprocess.Popen) -> dict:
     out, _ = proc.communicate(timeout=90)
     return json.loads(out)
@@ -109,8 +127,7 @@ def test_celery_survives_a_platform_stop(tmp_path, redis_url, monkeypatch, broad
         fates = {"short job": celery_fate(short.id, marks, redis, queue),
                  "long job": celery_fate(long.id, marks, redis, queue)}
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_drill(proc)
         survival_app.app.close()
         redis.delete(queue, "unacked", "unacked_index")
         redis.close()
@@ -168,8 +185,7 @@ def test_rq_survives_a_platform_stop(tmp_path, redis_url, broadcast, wrapped, le
         result = finish(proc)
         fate = rq_fate(job)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop_drill(proc)
         redis.close()
     label = "short job" if length == SHORT else "long job"
     record("rq", broadcast, wrapped, {label: fate}, result)
