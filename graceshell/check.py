@@ -80,7 +80,8 @@ def warnings(plan: RunPlan) -> list[str]:
                      "and the final KILL")
     if plan.platform.broadcast == BROADCAST_ALL:
         advice = {
-            "celery": "add `import graceshell.integrations.celery` where the Celery app is created",
+            "celery": "graceshell's Celery integration handles it when graceshell is installed beside Celery "
+                      "(`celery graceshell` says so); else import graceshell.integrations.celery in the app",
             "rq": "the rq preset runs graceshell.integrations.rq.Worker (unless -w or $RQ_WORKER_CLASS says "
                   "otherwise)",
         }.get(plan.preset, "its children must ignore that signal while a job finishes")

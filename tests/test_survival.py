@@ -70,7 +70,8 @@ def record(framework: str, broadcast: str, wrapped: bool, fates: dict, result: d
 CELERY_APP = """
 import os, time
 from celery import Celery
-import graceshell.integrations.celery  # noqa: F401  (a no-op outside graceshell)
+# No import of graceshell.integrations.celery: Celery loads it as a command
+# plugin, because graceshell is installed in the same environment.
 
 app = Celery("survival_app", broker=os.environ["REDIS_URL"], backend=os.environ["REDIS_URL"])
 app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True,

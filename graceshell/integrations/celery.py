@@ -1,6 +1,11 @@
 """Celery under graceshell: pool processes that survive the platform's
 broadcast, and every task in the job ledger.
 
+Installed in the same environment as Celery, graceshell registers the
+`celery graceshell` command (it says whether the integration is active);
+Celery loads its command plugins whenever `celery` starts, and so this
+module, in every worker. Where graceshell lives elsewhere, one line does it:
+
     import graceshell.integrations.celery     # where the Celery app is created
 
 Read from celery 5.x (celery/apps/worker.py, celery/concurrency/prefork.py,
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import signal
 
+import click
 from celery import signals
 
 from graceshell import jobs, shutdown
@@ -109,3 +115,12 @@ def _task_revoked(request: Any = None, **_: Any) -> None:
     if task_id:
         _task_finished(task_id)
         jobs.forget(task_id)
+
+
+@click.command("graceshell", help="Say whether graceshell's integration is active in this worker.")
+def status() -> None:
+    if shutdown.under_graceshell():
+        click.echo("graceshell: active: pool processes ignore the platform's stop signal until graceshell "
+                   "escalates, and tasks are recorded in its job ledger")
+    else:
+        click.echo("graceshell: installed, inactive: this worker is not running under `graceshell run`")
