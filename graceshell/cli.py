@@ -167,22 +167,27 @@ def _add_setting_options(parser: argparse.ArgumentParser, short_config: bool = T
     add("--log-level", metavar="LEVEL", help="debug, info, warning, error (default: info); $GRACESHELL_LOG_LEVEL")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="graceshell", description="graceshell: graceful shutdown for background-job workers.")
-    parser.add_argument("--version", action="version", version=f"graceshell {__version__}")
-    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
-    raw = argparse.RawDescriptionHelpFormatter
-    run = commands.add_parser("run", help="supervise one worker through a platform stop",
-                              usage="graceshell run [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)",
-                              description=RUN_DESCRIPTION, formatter_class=raw)
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help at $COLUMNS or 100 columns: argparse would otherwise import shutil
+    and ask the terminal on every argument it adds, on the path of every start."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            columns = os.environ.get("COLUMNS", "")
+            width = max(int(columns) - 2, 40) if columns.isdigit() else 100
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _configure_run(run: argparse.ArgumentParser) -> None:
     _add_setting_options(run)
     run.add_argument("--name", metavar="NAME",
                      help="process name in logs, and the graceshell.yml section to use (default: $DYNO or "
                           "the command's name)")
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    drill = commands.add_parser("drill", help="stop a worker as a platform would; say whether it survives",
-                                usage="graceshell drill [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)",
-                                description=DRILL_DESCRIPTION, formatter_class=raw)
+
+
+def _configure_drill(drill: argparse.ArgumentParser) -> None:
     _add_setting_options(drill)
     drill.add_argument("--name", metavar="NAME", help="process name, and the graceshell.yml section to use")
     drill.add_argument("--broadcast", choices=("all", "group", "pid1"),
@@ -193,20 +198,47 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--no-wrap", action="store_true", help="run the worker bare, without graceshell")
     drill.add_argument("--json", action="store_true", help="print the verdict as JSON")
     drill.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    start = commands.add_parser("start", help="run every Procfile process, each under graceshell",
-                                usage="graceshell start [OPTIONS] [PROCESS_TYPE]...", description=START_DESCRIPTION,
-                                formatter_class=raw)
+
+
+def _configure_start(start: argparse.ArgumentParser) -> None:
     _add_setting_options(start, short_config=False)
     start.add_argument("-c", "--concurrency", metavar="TYPE=N,...", help="instances per type, e.g. worker=2,web=1")
     start.add_argument("-p", "--port", metavar="PORT", type=int,
                        help="base port: +100 per process type, +1 per instance (default: $PORT, else 5000)")
     start.add_argument("process_types", nargs="*", metavar="PROCESS_TYPE", help=argparse.SUPPRESS)
-    check = commands.add_parser("check", help="validate config and Procfile, print effective settings",
-                                usage="graceshell check [OPTIONS] [PROCESS_TYPE]", description=CHECK_DESCRIPTION,
-                                formatter_class=raw)
+
+
+def _configure_check(check: argparse.ArgumentParser) -> None:
     _add_setting_options(check)
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check.add_argument("process_type", nargs="?", metavar="PROCESS_TYPE", help=argparse.SUPPRESS)
+
+
+# name: (one-line help, usage, description, how its options are added)
+COMMANDS = {
+    "run": ("supervise one worker through a platform stop",
+            "graceshell run [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)", RUN_DESCRIPTION, _configure_run),
+    "start": ("run every Procfile process, each under graceshell",
+              "graceshell start [OPTIONS] [PROCESS_TYPE]...", START_DESCRIPTION, _configure_start),
+    "check": ("validate config and Procfile, print effective settings",
+              "graceshell check [OPTIONS] [PROCESS_TYPE]", CHECK_DESCRIPTION, _configure_check),
+    "drill": ("stop a worker as a platform would; say whether it survives",
+              "graceshell drill [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)", DRILL_DESCRIPTION, _configure_drill),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, the options of that one command alone are built
+    (the others stay as names), which is all that parsing its arguments needs."""
+    parser = _Parser(prog="graceshell", description="graceshell: graceful shutdown for background-job workers.",
+                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"graceshell {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+    for name, (summary, usage, description, configure) in COMMANDS.items():
+        sub = commands.add_parser(name, help=summary, usage=usage, description=description,
+                                  formatter_class=_Formatter)
+        if only is None or only == name:
+            configure(sub)
     return parser
 
 
@@ -354,7 +386,8 @@ def _fail(message: str, code: int) -> NoReturn:
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
     try:
-        options = build_parser().parse_args(argv)
+        args = sys.argv[1:] if argv is None else argv
+        options = build_parser(args[0] if args and args[0] in COMMANDS else None).parse_args(args)
         handler = {"run": run_command, "check": check_command, "drill": drill_command,
                    "start": start_command}[options.subcommand]
         code = handler(options)

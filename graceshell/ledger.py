@@ -124,6 +124,24 @@ class Ledger:
         if self.watch_fd is not None:
             os.close(self.watch_fd)
             self.watch_fd = None
-        import shutil
+        # What graceshell made, file by file (shutil costs an import at every exit);
+        # rmtree only when a worker left more than files behind.
+        for directory in (self.jobs_dir, self.root):
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    os.unlink(os.path.join(directory, name))
+                except (IsADirectoryError, PermissionError, OSError):
+                    pass
+        for directory in (self.jobs_dir, self.root):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                pass
+        if os.path.exists(self.root):
+            import shutil
 
-        shutil.rmtree(self.root, ignore_errors=True)
+            shutil.rmtree(self.root, ignore_errors=True)
