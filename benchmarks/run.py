@@ -146,13 +146,16 @@ def startup(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, object]
             cases[f"{name} true"] = argv
     if wrappers.found["honcho"]:
         cases["honcho run true"] = [wrappers.found["honcho"], "run", "true"]
-    for label, argv in cases.items():
-        times = []
-        for _ in range(trials):
+    # Interleaved, one of each per round: a machine that slows down for a
+    # while slows every wrapper alike, and the ratios stay fair.
+    times: dict[str, list[float]] = {label: [] for label in cases}
+    for _ in range(trials):
+        for label, argv in cases.items():
             began = time.perf_counter()
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times.append((time.perf_counter() - began) * 1000)
-        results[label] = stats(times)
+            times[label].append((time.perf_counter() - began) * 1000)
+    for label in cases:
+        results[label] = stats(times[label])
     # How long after its own start graceshell has exec'd the worker.
     if GRACESHELL:
         delays = []
