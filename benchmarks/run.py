@@ -8,7 +8,7 @@ cost, peak RSS, killing a 1000-process tree, a zombie storm, and the
 throughput of `start`'s output prefixer. Medians with p90/p99 over many
 trials; ratios against the peers of the same run. It installs nothing: a
 missing peer is named with the command that installs it, and skipped.
-`--smoke` runs a few trials of each (about 30 seconds) for CI.
+`--smoke` runs a few trials of each (under a minute) for CI.
 """
 
 from __future__ import annotations
