@@ -34,7 +34,7 @@ DEFAULT_DOTENV = ".env"
 class Sources:
     """The files a command reads, loaded once: config, Procfile, .env."""
 
-    __slots__ = ("config", "procfile_path", "_procfile", "dotenv")
+    __slots__ = ("config", "procfile_path", "_procfile", "dotenv", "inline")
 
     def __init__(self, config_path: str | None, procfile_path: str | None, env_files: Sequence[str] | None,
                  environ: Mapping[str, str]) -> None:
@@ -48,6 +48,8 @@ class Sources:
         self._procfile: Procfile | None = None
         files = list(env_files) if env_files else ([DEFAULT_DOTENV] if os.path.exists(DEFAULT_DOTENV) else [])
         self.dotenv: dict[str, Setting] = {}
+        # Flags written on a Procfile line that itself runs `graceshell run`, per type.
+        self.inline: dict[str, dict[str, Setting]] = {}
         if files:
             from graceshell.procfile import read_dotenv
         for file in files:
@@ -79,6 +81,8 @@ class Sources:
         if _runs_itself(argv, process_type):
             raise UsageError(f"{where}: the command of {process_type!r} is `graceshell run {process_type}` "
                              "itself; write the worker's own command there")
+        if len(argv) > 1 and os.path.basename(argv[0]) == "graceshell" and argv[1] == "run":
+            argv, self.inline[process_type] = _unwrap(argv, where)
         return argv
 
     def settings_for(self, section: str | None, flags: Mapping[str, Setting]) -> dict[str, Setting]:
@@ -87,7 +91,7 @@ class Sources:
         layers: list[Mapping[str, Setting]] = []
         if config is not None:
             layers += [config.top, config.defaults, config.processes.get(section or "", {})]
-        layers += [self.dotenv, flags]
+        layers += [self.dotenv, self.inline.get(section or "", {}), flags]
         chosen = merge(layers).get("preset")
         return merge([preset_layer(chosen.value if chosen else "generic"), *layers])
 
@@ -98,6 +102,32 @@ def _runs_itself(argv: list[str], process_type: str) -> bool:
     words = words[1:] if words[:1] == ["exec"] else words
     return (bool(words) and os.path.basename(words[0]) == "graceshell" and "run" in words
             and words[-1] == process_type and "--" not in words)
+
+
+def _unwrap(argv: list[str], where: str) -> tuple[list[str], dict[str, Setting]]:
+    """`worker: graceshell run --preset celery -- celery worker` (the Procfile a
+    platform runs) read by `start`, `check`, `drill` or `run worker`: the worker's
+    own command, and the line's flags as settings, instead of a graceshell
+    nested in a graceshell."""
+    from graceshell.cli import build_parser, flag_layer
+
+    try:
+        options = build_parser("run").parse_args(argv[1:])
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    for flag, value in (("--config", options.config), ("--procfile", options.procfile), ("--env", options.env)):
+        if value:
+            raise UsageError(f"{where}: {flag} inside a Procfile line is not supported; give it to the outer "
+                             "graceshell command")
+    words = options.command[1:] if options.command[:1] == ["--"] else options.command
+    if options.command[:1] != ["--"] and len(words) == 1:
+        raise UsageError(f"{where}: `graceshell run {words[0]}` inside the Procfile nests a process type; "
+                         "write the worker's own command after `graceshell run --`")
+    if not words:
+        raise UsageError(f"{where}: `graceshell run` without a command")
+    inline = {key: Setting(setting.value, Origin(f"{where} {setting.origin}"))
+              for key, setting in flag_layer(options, {}).items()}
+    return words, inline
 
 
 def process_from_environment(environ: Mapping[str, str]) -> str | None:

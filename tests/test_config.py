@@ -75,6 +75,12 @@ BAD = [
     (None, "worker: " + MARKER_CMD + "\n", None, ["run", "nosuch"], "no process type 'nosuch' (types: worker)"),
     (None, "worker: graceshell run worker\n", None, ["run", "worker"], "is `graceshell run worker` itself"),
     (None, None, None, ["run", "worker"], "Procfile: not found, so 'worker' is no process type"),
+    (None, "worker: graceshell run --bogus -- x\n", None, ["run", "worker"], "Procfile:1: unrecognized arguments: --bogus"),
+    (None, "worker: graceshell run web\n", None, ["run", "worker"], "Procfile:1: `graceshell run web` inside the"),
+    (None, "worker: graceshell run --config x.yml -- a\n", None, ["run", "worker"],
+     "Procfile:1: --config inside a Procfile line is not supported"),
+    (None, "worker: graceshell run --budget 40s -- a\n", None, ["run", "--platform", "heroku", "worker"],
+     "Procfile:1 --budget: budget 40s must be shorter than the platform timeout 30s"),
     (None, None, "export A B\n", [], ".env:1: expected NAME=value"),
     (None, None, "A='unterminated\n", [], ".env:1: unterminated ' quote"),
     (None, None, None, ["-c", "missing.yml"], "missing.yml: config file not found"),
@@ -251,3 +257,28 @@ def test_command_needs_a_shell_only_when_it_must(command, argv):
 def test_dotenv_rules():
     env = parse_dotenv("# c\nexport A=1\nB = two words # comment\nC='$NOT \\n expanded'\nD=\"x\\ny\"\nE=\n")
     assert env == {"A": "1", "B": "two words", "C": "$NOT \\n expanded", "D": "x\ny", "E": ""}
+
+
+def test_a_procfile_line_that_runs_graceshell_is_unwrapped(tmp_path):
+    """The Procfile a platform runs (`worker: graceshell run --preset rq -- ...`) works locally too:
+    the worker's own command runs under one graceshell, with the line's flags."""
+    write(tmp_path, "Procfile", f"worker: graceshell run --preset rq --budget 9s -- {sys.executable} {WORKER} "
+                                f"{tmp_path} --exit-on TERM\n")
+    out = check_json(tmp_path, "--platform", "none")
+    (entry,) = out["processes"]
+    assert entry["command"][:2] == [sys.executable, WORKER]
+    assert entry["preset"] == {"value": "rq", "from": "Procfile:1 --preset"}
+    assert entry["budget_s"] == {"value": 9.0, "from": "Procfile:1 --budget"}
+    flagged = check_json(tmp_path, "--platform", "none", "--budget", "7s")["processes"][0]
+    assert flagged["budget_s"] == {"value": 7.0, "from": "--budget"}  # the outer command's flags win
+    proc = subprocess.Popen([*GRACESHELL, "run", "--platform", "none", "worker"], cwd=tmp_path,
+                            env=clean_env(GRACESHELL_LOG_FORMAT="json"), stderr=subprocess.PIPE, text=True)
+    from conftest import wait_for
+
+    wait_for((tmp_path / "ready.json").exists, 10, "worker ready")
+    proc.send_signal(15)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    start = json.loads(err.splitlines()[0])
+    assert start["pid"] == json.loads((tmp_path / "ready.json").read_text())["pid"]  # no graceshell in between
+    assert start["budget_s"] == 9.0
