@@ -4,9 +4,10 @@
 set -u
 cd "$(dirname "$0")/.."
 graceshell=${GRACESHELL:-.venv/bin/graceshell}
+python=${PYTHON:-$(dirname "$graceshell")/python}
 
 "$graceshell" run --platform heroku --name worker --log-format "${GRACESHELL_LOG_FORMAT:-console}" \
-    -- python3 examples/demo_worker.py &
+    -- "$python" examples/demo_worker.py &
 pid=$!
 sleep 4
 echo "--- demo: SIGTERM to graceshell (pid $pid), as the platform would send it ---"

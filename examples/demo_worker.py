@@ -1,8 +1,10 @@
 """A small job worker for the demo: processes fake jobs, stops warmly on TERM.
 
 It behaves like a well-mannered framework worker: on SIGTERM it finishes the
-job in hand and exits 0. It also starts a helper process that never exits on
-its own, the kind of leftover graceshell cleans up after the worker is gone.
+job in hand and exits 0. Each job is recorded in graceshell's job ledger
+(graceshell logs `graceshell.busy` when work starts and stops). It also
+starts a helper process that never exits on its own, the kind of leftover
+graceshell cleans up after the worker is gone.
 """
 
 import os
@@ -10,6 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+
+try:
+    from graceshell import jobs
+except ImportError:  # run without graceshell installed: no ledger
+    jobs = None
 
 stopping = False
 
@@ -29,7 +36,11 @@ def main() -> None:
     while not stopping:
         job += 1
         print(f"[worker {os.getpid()}] job {job}: started", flush=True)
-        time.sleep(1.5)  # the work; a stop request waits for it to finish
+        if jobs is not None:
+            with jobs.track(f"demo-{job}", "demo.work"):
+                time.sleep(1.5)  # the work; a stop request waits for it to finish
+        else:
+            time.sleep(1.5)
         print(f"[worker {os.getpid()}] job {job}: done", flush=True)
     print(f"[worker {os.getpid()}] stopped cleanly after {job} jobs", flush=True)
 

@@ -39,6 +39,9 @@ _PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ",
 
 
 BUSY_INTERVAL = 1.0  # seconds: the most often graceshell.busy is logged
+# How long the ledger must stay empty before the worker is reported idle: the
+# gap between one job and the next is no reason for an autoscaler to act.
+IDLE_SETTLE = 0.5
 # Time given to the on_orphans hook when no platform deadline bounds it.
 HOOK_TIMEOUT_WITHOUT_PLATFORM = 30.0
 # Kept free before the platform's deadline when the hook is bounded by it.
@@ -87,6 +90,7 @@ class Supervisor:
         self.busy_reported = False
         self.busy_reported_at = -BUSY_INTERVAL
         self.busy_check_at: float | None = None
+        self.idle_since: float | None = None
         self.notice: dict[str, Any] | None = None
 
     # -- start ---------------------------------------------------------------
@@ -311,12 +315,21 @@ class Supervisor:
     # -- busy state -------------------------------------------------------------
 
     def _update_busy(self, now: float) -> None:
-        """Log `graceshell.busy` when jobs in flight go between 0 and more, at most once a second."""
+        """Log `graceshell.busy` when jobs in flight go between 0 and more, at most once a second.
+
+        Becoming busy is reported at once (an autoscaler must not scale a busy
+        worker down); becoming idle only once the ledger has stayed empty for
+        IDLE_SETTLE, so the moment between two jobs is not reported.
+        """
         self.busy_check_at = None
         assert self.ledger is not None
         count = self.ledger.count()
         busy = count > 0
+        self.idle_since = None if busy else (self.idle_since or now)
         if busy == self.busy_reported:
+            return
+        if not busy and now - self.idle_since < IDLE_SETTLE:  # type: ignore[operator]
+            self.busy_check_at = self.idle_since + IDLE_SETTLE  # type: ignore[operator]
             return
         if now - self.busy_reported_at < BUSY_INTERVAL:
             self.busy_check_at = self.busy_reported_at + BUSY_INTERVAL  # look again then
