@@ -56,13 +56,23 @@ def test_all_start_with_port_and_name_and_ctrl_c_stops_them(tmp_path):
 
 def test_lines_stay_whole_and_none_is_lost_when_two_processes_flood(tmp_path):
     count = 20000
-    flood = f"{sys.executable} -c \"import sys; [sys.stdout.write('%s-%06d-' % (sys.argv[1], i) + 'x' * 200 + chr(10)) for i in range({count})]\""
-    (tmp_path / "Procfile").write_text(f"a: {flood} A\nb: {flood} B\n")
-    proc = start(tmp_path, "--linger", "0s")
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    flood = (f"{sys.executable} -c \"import sys; [sys.stdout.write('%s-%06d-' % (sys.argv[1], i) + 'x' * 200 "
+             f"+ chr(10)) for i in range({count})]\"")
+    # Each floods, then waits: one that ended would stop the other (honcho's rule) mid-flood.
+    (tmp_path / "Procfile").write_text(f"a: {flood} A; exec sleep 60\nb: {flood} B; exec sleep 60\n")
+    out_path = tmp_path / "out.txt"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "graceshell", "start", "--platform", "none"], cwd=tmp_path,
+                                env=clean_env(), stdout=out, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: out_path.read_bytes().count(b"x" * 200 + b"\n") >= 2 * count, 60, "both floods written")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     got = {"a.1": [], "b.1": []}
-    for name, text in lines_of(out):
+    for name, text in lines_of(out_path.read_bytes()):
         if not text.startswith("{"):
             got[name].append(text)
     for name, tag in (("a.1", "A"), ("b.1", "B")):
