@@ -2,9 +2,10 @@
 
 Everything that can wake graceshell is a file descriptor in one selector:
 the signal wakeup pipe (every caught signal, SIGCHLD included, writes its
-number there) and the worker's pidfd. The only timeout is the next deadline
-(a ladder step, a leftover kill, the reap grace), so an idle worker costs
-graceshell no wake-ups at all.
+number there), the worker's pidfd, and an inotify watch on the job ledger.
+The only timeout is the next deadline (a ladder step, a leftover kill, the
+reap grace, a busy-state check), so an idle worker costs graceshell no
+wake-ups at all.
 
 All reaping happens in one place (`_reap`), so the worker's pid cannot be
 recycled while graceshell still holds it, and signals to the worker go
@@ -36,8 +37,6 @@ REAP_GRACE = 5.0
 # Signals Python itself ignores at start-up; their SIG_IGN says nothing about
 # what our parent wanted, so they are caught and reset for the worker.
 _PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))})
-
-
 BUSY_INTERVAL = 1.0  # seconds: the most often graceshell.busy is logged
 # How long the ledger must stay empty before the worker is reported idle: the
 # gap between one job and the next is no reason for an autoscaler to act.
