@@ -59,14 +59,25 @@ def build(workdir: Path, name: str) -> str:
     return str(out)
 
 
-def kill_tree(pid: int) -> None:
-    """Kill a wrapper and everything below it (benchmark cleanup)."""
+def kill_tree(pid: int, known: list | None = None) -> None:
+    """Kill a wrapper and everything below it (benchmark cleanup).
+
+    The descendants are listed before anything dies (a dead wrapper's children
+    go to init and out of reach of the walk); then the wrapper's process group,
+    which also holds what a dead middle process left to init (honcho's
+    `sh -c` does), and each listed process.
+    """
     import psutil
 
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
-        return
+        procs = []
+    procs += known or []  # listed at start-up: a stop may already have orphaned some
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
     for proc in procs:
         try:
             proc.kill()
@@ -174,17 +185,20 @@ def startup(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, object]
 # -- 2. forwarding ---------------------------------------------------------------------------------
 
 def _receiver_under(argv: list[str]) -> tuple[subprocess.Popen, int]:
+    import psutil
+
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     while True:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         if not line:
             raise RuntimeError(f"no ready line from {argv[0]}")
-        words = line.split()
-        if words and words[0] == b"ready":
-            return proc, int(words[1])
         if b"ready" in line:  # honcho and supervisord prefix the worker's lines
-            words = line[line.index(b"ready"):].split()
-            return proc, int(words[1])
+            worker = int(line[line.index(b"ready"):].split()[1])
+            try:  # for the cleanup: the stop may orphan it before kill_tree walks the tree
+                proc.known = [psutil.Process(worker)]  # type: ignore[attr-defined]
+            except psutil.NoSuchProcess:
+                proc.known = []  # type: ignore[attr-defined]
+            return proc, worker
 
 
 def _next_signal(proc: subprocess.Popen, timeout: float = 5.0) -> tuple[int, int] | None:
@@ -215,7 +229,7 @@ def forwarding(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, obje
             got = _next_signal(proc)
             if got is not None and got[0] == signal.SIGTERM:
                 latencies.append((got[1] - sent) / 1e6)
-            kill_tree(proc.pid)
+            kill_tree(proc.pid, proc.known)  # type: ignore[attr-defined]
             proc.wait()
         if latencies:
             results[name if name != "bare" else "kernel floor (direct)"] = stats(latencies)
@@ -231,7 +245,7 @@ def forwarding(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, obje
             if got is not None:
                 latencies.append((got[1] - sent) / 1e6)
             time.sleep(0.002)
-        kill_tree(proc.pid)
+        kill_tree(proc.pid, proc.known)  # type: ignore[attr-defined]
         proc.wait()
         results["graceshell, repeated USR1"] = stats(latencies)
     return results
@@ -256,7 +270,7 @@ def ladder(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, object]:
             os.kill(proc.pid, signal.SIGTERM)
             got = _next_signal(proc)
             if got is None:
-                kill_tree(proc.pid)
+                kill_tree(proc.pid, proc.known)  # type: ignore[attr-defined]
                 proc.wait()
                 continue
             term_at = got[1]
@@ -267,7 +281,7 @@ def ladder(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, object]:
             select.select([pidfd], [], [], budget + 5)
             kill_errors.append((time.monotonic_ns() - term_at) / 1e6 - budget * 1000)
             os.close(pidfd)
-            kill_tree(proc.pid)
+            kill_tree(proc.pid, proc.known)  # type: ignore[attr-defined]
             proc.wait()
         results[f"{name} KILL at {budget:g}s"] = stats(kill_errors)
         if step_errors:
