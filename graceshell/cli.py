@@ -78,7 +78,8 @@ minute). Each process gets PORT (base +100 per type, +1 per instance) and
 GRACESHELL_PROCESS (worker.1).
 
 exit status: that of the process that ended the run, or 0 when a stop
-signal ended it and every process stopped well."""
+signal ended it and every process stopped well; 2 usage or config error; 70
+internal error (every process is killed first)."""
 
 CHECK_DESCRIPTION = """\
 Validate graceshell.yml, the Procfile and .env, and print the effective

@@ -29,6 +29,7 @@ from graceshell import tree
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
 from graceshell.plan import run_command_line
+from graceshell.report import shell_status
 from graceshell.platforms import BROADCAST_ALL
 from graceshell.signals import signal_name
 
@@ -148,8 +149,7 @@ class Drill:
     def _verdict(self, proc: subprocess.Popen[bytes], *, stopped_at: float | None, ended_at: float,
                  platform_killed: list[dict[str, Any]], signalled: list[int], subreaper: bool,
                  early: bool) -> dict[str, Any]:
-        code = proc.returncode if proc.returncode is not None and proc.returncode >= 0 \
-            else 128 - (proc.returncode or 0)
+        code = shell_status(proc.returncode or 0)
         report = self.report or {}
         orphaned = report.get("orphaned_jobs", []) if self.wrap else []
         took = round(ended_at - stopped_at, 3) if stopped_at is not None else None

@@ -13,6 +13,7 @@ import signal
 import time
 
 from graceshell import tree
+from graceshell.report import shell_status
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def run_on_orphans(command: str, report: dict[str, Any], timeout: float, log: Lo
         return outcome
     except BrokenPipeError:
         proc.wait()  # the hook did not read its stdin; its exit status still counts
-    code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    code = shell_status(proc.returncode)
     outcome.update(outcome="ok" if code == 0 else "failed", exit_code=code,
                    duration_s=round(time.monotonic() - started, 3))
     (log.info if code == 0 else log.error)("graceshell.on_orphans", **outcome)

@@ -24,12 +24,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def exit_code_of(status: int | None) -> int:
-    """The shell's convention: the exit code, or 128+N for death by signal N."""
-    if status is None:
-        return 128 + signal.SIGKILL  # a survivor we could not reap was SIGKILLed
-    code = os.waitstatus_to_exitcode(status)
+def shell_status(code: int) -> int:
+    """The shell's convention for a child's end as Python reports it (a
+    returncode or waitstatus_to_exitcode, -N for death by signal N): 128+N."""
     return code if code >= 0 else 128 - code
+
+
+def exit_code_of(status: int | None) -> int:
+    """The exit status of a raw wait status; None is a survivor we had to SIGKILL."""
+    if status is None:
+        return 128 + signal.SIGKILL
+    return shell_status(os.waitstatus_to_exitcode(status))
 
 
 def outcome_of(status: int | None, stop_signal: int | None, first_signal: int | None,

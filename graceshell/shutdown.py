@@ -27,15 +27,16 @@ if TYPE_CHECKING:
     from typing import Any
 
 SHUTDOWN_FILE_ENV = "GRACESHELL_SHUTDOWN_FILE"
-_notice: dict[str, Any] | None = None  # written once per stop, so it can be cached once read
+# (path, notice) once graceshell has escalated: nothing later changes it.
+_escalated_notice: tuple[str, dict[str, Any]] | None = None
 
 
 def notice() -> dict[str, Any] | None:
     """The shutdown notice, or None before a stop (or outside graceshell)."""
-    global _notice
+    global _escalated_notice
     path = os.environ.get(SHUTDOWN_FILE_ENV)
-    if _notice is not None and _notice.get("_path") == path and _notice.get("step"):
-        return _notice  # escalated: nothing later changes what a job must do
+    if _escalated_notice is not None and _escalated_notice[0] == path:
+        return _escalated_notice[1]
     if not path:
         return None
     import json
@@ -45,10 +46,11 @@ def notice() -> dict[str, Any] | None:
             data = json.load(handle)
     except (OSError, ValueError):
         return None
-    if isinstance(data, dict):
-        _notice = {**data, "_path": path}
-        return _notice
-    return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("step"):
+        _escalated_notice = (path, data)
+    return data
 
 
 def requested() -> bool:

@@ -25,6 +25,33 @@ def forwardable_signals() -> frozenset[int]:
     )
 
 
+def wakeup_pipe() -> int:
+    """A non-blocking pipe into which every caught signal writes its number
+    (signal.set_wakeup_fd); returns the end to select on and read_signals."""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    return read_fd
+
+
+def read_signals(fd: int) -> list[int]:
+    """The signal numbers waiting in a wakeup pipe, in the order they came."""
+    import os
+
+    found: list[int] = []
+    while True:
+        try:
+            data = os.read(fd, 512)
+        except BlockingIOError:
+            return found
+        if not data:
+            return found
+        found.extend(data)
+
+
 def signal_name(signum: int) -> str:
     """`TERM` for 15, `RTMIN+2` for a real-time signal, the number otherwise."""
     rtmin, rtmax = int(signal.SIGRTMIN), int(signal.SIGRTMAX)

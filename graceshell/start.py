@@ -25,7 +25,8 @@ import signal
 import subprocess
 import time
 
-from graceshell.signals import forwardable_signals, signal_name
+from graceshell.report import shell_status
+from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ BACKOFF_RESET_AFTER = 10.0  # a run this long resets the backoff
 RESTART_PERIOD = 60.0
 DEFAULT_RESTART_LIMIT = 5
 MAX_PARTIAL_LINE = 64 * 1024  # a longer line is written out in pieces rather than held
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE, as for `run`
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95")
 
 
@@ -167,8 +169,7 @@ class Starter:
 
     def _on_exit(self, instance: Instance, now: float) -> None:
         assert instance.proc is not None
-        code = instance.proc.wait()
-        code = code if code >= 0 else 128 - code
+        code = shell_status(instance.proc.wait())
         if instance.pidfd is not None:
             self.selector.unregister(instance.pidfd)
             os.close(instance.pidfd)
@@ -202,10 +203,7 @@ class Starter:
     # -- the loop -------------------------------------------------------------------
 
     def run(self) -> int:
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        read_fd = wakeup_pipe()
         stops = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGQUIT)}
         for signum in forwardable_signals() | {int(signal.SIGCHLD)}:
             signal.signal(signum, lambda *_: None)
@@ -213,13 +211,42 @@ class Starter:
         for instance in self.instances:
             self._spawn(instance)
         self.log.info("graceshell.start_all", processes=[i.name for i in self.instances])
+        try:
+            self._loop(read_fd, stops)
+        except Exception as exc:  # a bug of ours must not leave the processes running
+            self.log.error("graceshell.internal_error", error=repr(exc))
+            self._kill_everything()
+            return INTERNAL_ERROR_EXIT
+        return self._summary()
+
+    def _kill_everything(self) -> None:
+        """SIGKILL each graceshell run and its tree, listed first: a dead
+        graceshell's descendants would go to init, out of reach."""
+        import psutil
+
+        for instance in self.instances:
+            if instance.proc is None:
+                continue
+            try:
+                root = psutil.Process(instance.proc.pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                procs = []
+            for proc in procs:
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            instance.proc.wait()
+
+    def _loop(self, read_fd: int, stops: set[int]) -> None:
         while True:
             due = [i.restart_at for i in self.instances if i.restart_at is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else None
             for key, _ in self.selector.select(timeout):
                 kind, instance = key.data
                 if kind == "signal":
-                    for signum in _drain(read_fd):
+                    for signum in read_signals(read_fd):
                         if signum in stops:
                             self.stop_requests += 1
                             if not self.stopping:
@@ -241,8 +268,7 @@ class Starter:
                     instance.restarts += 1
                     self._spawn(instance)
             if all(i.proc is None and i.restart_at is None for i in self.instances):
-                break
-        return self._summary()
+                return
 
     def _summary(self) -> int:
         if self.cause is not None:
@@ -257,18 +283,6 @@ class Starter:
                      processes=[{"process": i.name, "exit_code": i.exit_code, "restarts": i.restarts,
                                  "gave_up": i.gave_up} for i in self.instances])
         return code if isinstance(code, int) else 1
-
-
-def _drain(fd: int) -> list[int]:
-    found: list[int] = []
-    while True:
-        try:
-            data = os.read(fd, 512)
-        except BlockingIOError:
-            return found
-        if not data:
-            return found
-        found.extend(data)
 
 
 def parse_concurrency(text: str | None, types: list[str]) -> dict[str, int]:

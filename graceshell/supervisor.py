@@ -25,7 +25,7 @@ from graceshell.ledger import Ledger
 from graceshell.logs import Logger
 from graceshell.plan import RunPlan
 from graceshell.report import build_report
-from graceshell.signals import forwardable_signals, signal_name
+from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
@@ -96,10 +96,7 @@ class Supervisor:
 
     def _catch_signals(self) -> int:
         """Route every signal we handle into a non-blocking wakeup pipe."""
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        read_fd = wakeup_pipe()
         # Our parent may have blocked signals; we must see them all.
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         caught = set()
@@ -190,16 +187,9 @@ class Supervisor:
                 return
 
     def _drain(self, wakeup: int) -> None:
-        while True:
-            try:
-                data = os.read(wakeup, 512)
-            except BlockingIOError:
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum != signal.SIGCHLD:
-                    self._on_signal(signum)
+        for signum in read_signals(wakeup):
+            if signum != signal.SIGCHLD:  # SIGCHLD only wakes the loop; _reap follows
+                self._on_signal(signum)
 
     def _deadlines(self) -> list[float]:
         """Every moment at which graceshell must act without being woken."""
@@ -408,20 +398,26 @@ class Supervisor:
     # -- reaping --------------------------------------------------------------
 
     def _reap(self, selector: selectors.BaseSelector) -> None:
+        main_exited = False
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children_remain = False
-                return
+                break
             if pid == 0:
                 self.children_remain = True
-                return
+                break
             if pid == self.pid:
                 self._on_main_exit(status, selector)
+                main_exited = True
             else:
                 self.reaped_orphans += 1
                 self.log.debug("graceshell.reap", pid=pid, exit_code=os.waitstatus_to_exitcode(status))
+        if main_exited and self.children_remain and self.kill_fired_at is None:
+            # Anyone still around now is a leftover of the worker's.
+            self.log.info("graceshell.leftovers", action="linger", linger_s=self.plan.linger,
+                          processes=tree.living_descendants())
 
     def _on_main_exit(self, status: int, selector: selectors.BaseSelector) -> None:
         self.main_status, self.main_exit_at = status, time.monotonic()
@@ -432,14 +428,6 @@ class Supervisor:
         code = os.waitstatus_to_exitcode(status)
         self.log.info("graceshell.reap", pid=self.pid, main=True, exit_code=code if code >= 0 else None,
                       signal=signal_name(-code) if code < 0 else None)
-        # Anyone still around now is a leftover of the worker's.
-        try:
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if self.kill_fired_at is None:
-            self.log.info("graceshell.leftovers", action="linger", linger_s=self.plan.linger,
-                          processes=tree.living_descendants())
 
     # -- the end --------------------------------------------------------------
 

@@ -45,11 +45,16 @@ def spawn_worker(argv: list[str], env: dict[str, str], reset: frozenset[int]) ->
     return os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=reset)
 
 
+def _proc_path_available() -> bool:
+    """Can the tree be walked in /proc and signalled through pidfds (Linux 5.3+)?"""
+    me = os.getpid()
+    return hasattr(os, "pidfd_open") and os.path.exists(f"/proc/{me}/task/{me}/children")
+
+
 def warm_up() -> None:
     """Import psutil ahead of need where a kill will need it (no /proc children
     files or pidfds), so that the kill is not late by its import."""
-    me = os.getpid()
-    if not hasattr(os, "pidfd_open") or not os.path.exists(f"/proc/{me}/task/{me}/children"):
+    if not _proc_path_available():
         import psutil  # noqa: F401
 
 
@@ -118,16 +123,13 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _walk_from_proc() -> list[int] | None:
+def _walk_from_proc() -> list[int]:
     """graceshell's descendants, parents first, read from /proc/PID/task/TID/children.
 
     It costs in proportion to the tree, not to every process on the machine
-    (as a scan of all /proc/*/stat does). None where the kernel lacks it.
+    (as a scan of all /proc/*/stat does).
     """
-    me = os.getpid()
-    if not os.path.exists(f"/proc/{me}/task/{me}/children"):
-        return None
-    order, queue = [], _children(me)
+    order, queue = [], _children(os.getpid())
     while queue:
         pid = queue.pop(0)
         order.append(pid)
@@ -145,13 +147,13 @@ def _signal_from_proc(signum: int, until_gone: bool) -> list[dict[str, Any]] | N
     """
     from graceshell.signals import signal_name
 
-    if not hasattr(os, "pidfd_open") or _walk_from_proc() is None:
+    if not _proc_path_available():
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     hit: dict[int, dict[str, Any]] = {}
     for _ in range(_KILL_ROUNDS if until_gone else 1):
         fresh = 0
-        for pid in _walk_from_proc() or ():
+        for pid in _walk_from_proc():
             if pid in hit:
                 continue
             stat = _proc_stat(pid)
