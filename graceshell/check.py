@@ -6,9 +6,10 @@ from __future__ import annotations
 import shlex
 
 from graceshell.durations import format_duration
-from graceshell.ladder import describe
+from graceshell.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE, cold_reserve,
+                               describe, resolve_offset)
 from graceshell.plan import make_plan, resolve_platform
-from graceshell.platforms import BROADCAST_ALL, PLATFORM_MARGIN
+from graceshell.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
 from graceshell.signals import signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
+    from graceshell.ladder import StepSpec
     from graceshell.plan import RunPlan
     from graceshell.resolve import Sources
     from graceshell.settings import Setting
@@ -41,6 +43,14 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     else:
         budget_from = f"platform timeout - {format_duration(PLATFORM_MARGIN)}, at least 80% of it"
     stops = plan.stop_signals
+    specs: list[StepSpec] = list(_get_value(settings, "ladder") or ())
+    uses_reserve = any(_is_reserve(spec.at) for spec in specs)
+    floor = _get_value(settings, "cold_floor")
+    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(floor or DEFAULT_COLD_FLOOR)}"
+                    f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)}")
+    errors = collapse_errors(plan, specs, floor, budget_origin=settings["budget"].origin if "budget" in settings
+                             else None)
+    warm = 0.0 if errors else warm_phase(plan)
     return {
         "process": process,
         "source": source,
@@ -50,6 +60,11 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "platform_timeout_s": {"value": plan.platform_timeout, "from": str(timeout_origin)},
         "budget_s": {"value": plan.budget, "from": budget_from},
         "ladder": {"value": describe(plan.ladder), "from": _from(settings, "ladder")},
+        # What a `budget-reserve` step keeps before the final KILL (None: no such step).
+        "cold_reserve_s": {"value": round(plan.cold_reserve, 3) if uses_reserve else None,
+                           "from": reserve_from if uses_reserve else "no budget-reserve step"},
+        "warm_phase_s": {"value": round(warm, 3),
+                         "from": f"{warm / plan.budget:.0%} of the budget" if plan.budget else "no budget"},
         "remap": {"value": {signal_name(k): signal_name(v) for k, v in plan.remap.items()},
                   "from": _from(settings, "remap")},
         "stop_signals": {"value": [signal_name(s) for s in sorted(stops)], "from": _from(settings, "stop_signals")},
@@ -59,7 +74,62 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
         "warnings": warnings(plan),
+        "errors": errors,
     }
+
+
+def _get_value(settings: Mapping[str, Setting], key: str) -> Any:
+    setting = settings.get(key)
+    return setting.value if setting is not None else None
+
+
+def _is_reserve(at: object) -> bool:
+    return isinstance(at, str) and at.replace(" ", "").lower() == f"budget-{RESERVE}"
+
+
+def _budget_relative(at: object) -> bool:
+    """`budget-5s` or `budget-reserve`: a step meant to come before the end, not at t=0."""
+    return isinstance(at, str) and at.strip().lower().startswith("budget-")
+
+
+def warm_phase(plan: RunPlan) -> float:
+    """Seconds from the stop to the first later step: the time jobs get to finish."""
+    return min((step.at for step in plan.ladder[1:] if step.at > 0), default=0.0)
+
+
+def collapse_errors(plan: RunPlan, specs: list[StepSpec], floor: float | None, *,
+                    budget_origin: object | None) -> list[str]:
+    """A step written to come before the end that the budget pushed onto t=0:
+    the cold signal then goes out with the warm one, and no job can finish."""
+    collapsed = [index for index, spec in enumerate(specs)
+                 if _budget_relative(spec.at) and index + 1 < len(plan.ladder) and plan.ladder[index].at == 0]
+    if not collapsed:
+        return []
+    step = specs[collapsed[0]]
+    platform = plan.platform
+    timeout = format_duration(plan.platform_timeout or 0)
+    if budget_origin is not None:
+        fix = f"raise the budget ({budget_origin})"
+    elif platform.timeout_setting:
+        needed = _timeout_for_a_warm_phase(step.at, floor)
+        fix = f"raise {platform.timeout_setting}" + (f" to at least {format_duration(needed)}" if needed else "")
+    else:
+        fix = (f"{platform.name}'s timeout cannot be raised: give this worker a ladder of its own whose cold "
+               "step fits (e.g. --ladder with an absolute offset)")
+    return [f"{step.signal}@{step.at} falls on 0s: a budget of {format_duration(plan.budget)} ({platform.name}, "
+            f"timeout {timeout}) leaves no warm phase, so the worker is told to cancel its jobs the moment it is "
+            f"told to finish them; {fix}"]
+
+
+def _timeout_for_a_warm_phase(at: str, floor: float | None) -> float | None:
+    """The shortest whole-second platform timeout whose default budget gives
+    a warm phase at least as long as the time the step `at` keeps before the end."""
+    for seconds in range(1, 301):
+        budget = default_budget(float(seconds))
+        kept = budget - resolve_offset(at, budget, cold_reserve(budget, floor))
+        if 0 < kept <= budget - kept:
+            return float(seconds)
+    return None
 
 
 def warnings(plan: RunPlan) -> list[str]:
@@ -124,6 +194,9 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
             ("budget", _seconds(entry["budget_s"]["value"]), entry["budget_s"]["from"]),
             ("ladder", " ".join(f"{s['signal']}@{format_duration(s['at'])}" for s in entry["ladder"]["value"]),
              entry["ladder"]["from"]),
+            ("warm phase", _seconds(entry["warm_phase_s"]["value"]), entry["warm_phase_s"]["from"]),
+            *([("cold reserve", _seconds(entry["cold_reserve_s"]["value"]), entry["cold_reserve_s"]["from"])]
+              if entry["cold_reserve_s"]["value"] is not None else []),
             ("remap", " ".join(f"{k}->{v}" for k, v in entry["remap"]["value"].items()) or "-",
              entry["remap"]["from"]),
             ("stop signals", ",".join(entry["stop_signals"]["value"]), entry["stop_signals"]["from"]),
@@ -135,6 +208,7 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
         width = max(len(str(value)) for _, value, _ in rows)
         for label, value, origin in rows:
             lines.append(f"  {label:<17}{str(value):<{width}}  ({origin})")
+        lines.extend(f"  error: {text}" for text in entry["errors"])
         lines.extend(f"  warning: {text}" for text in entry["warnings"])
         lines.append("")
     lines.extend(f"note: {text}" for text in notes)

@@ -3,6 +3,13 @@
 A preset is a ladder whose offsets are relative to the budget, plus the
 signals to remap and environment it sets. Each row says why, with the place
 in the framework's own source where the behaviour is defined.
+
+A cold step written `budget-reserve` moves with the budget: it comes
+`cold_reserve(budget, floor)` before the final KILL (see ladder.py), where
+the row's `cold_floor` is how long the framework's cold shutdown needs,
+measured, with a margin. A long budget keeps 5 s for it; a short one keeps
+only what the framework needs, so the warm phase, which is what lets jobs
+finish, does not shrink to nothing on a 5 s or 10 s platform.
 """
 
 from __future__ import annotations
@@ -13,12 +20,17 @@ from graceshell.ladder import StepSpec
 from graceshell.settings import Origin, Setting
 
 
-class Preset(namedtuple("Preset", "name ladder env why")):
+class Preset(namedtuple("Preset", "name ladder env why cold_floor cold_why", defaults=(None, ""))):
     __slots__ = ()
     name: str
     ladder: tuple[tuple[str, str], ...]  # (signal, offset) pairs; offsets may be budget-relative
     env: dict[str, str]
     why: str
+    # Seconds the framework's cold shutdown needs before the final KILL
+    # (measured, plus a margin), for steps at `budget-reserve`; None: the
+    # built-in DEFAULT_COLD_FLOOR. Unused by a ladder without such a step.
+    cold_floor: float | None
+    cold_why: str  # where cold_floor comes from, shown by `check`
 
 
 # Read from each framework's source (versions noted); the budget is
@@ -29,17 +41,23 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # celery 5.6 celery/apps/worker.py: TERM = warm shutdown (repeats only
     # reprint), QUIT = cold: cancel_active_requests, acks_late tasks are
     # redelivered by the broker, others are marked for retry.
-    Preset("celery", (("TERM", "0s"), ("QUIT", "budget-5s")), {},
-           "TERM lets running tasks finish; QUIT 5 s before the end cancels the rest so the broker "
-           "gets them back (acks_late) before the kill"),
+    # Its cold shutdown took 1.2 s from QUIT to exit in the end-to-end tests
+    # (two prefork tasks cancelled, restored to Redis, connection closed).
+    Preset("celery", (("TERM", "0s"), ("QUIT", "budget-reserve")), {},
+           "TERM lets running tasks finish; QUIT at the cold reserve before the end cancels the rest so the "
+           "broker gets them back (acks_late) before the kill",
+           cold_floor=2.0, cold_why="Celery's cold shutdown, 1.2s measured, with margin"),
     # rq 2.10 rq/worker/base.py: first TERM = warm (finish the job); a second
     # TERM more than 1 s later = cold (horse killed, SystemExit). The horse
     # has its own process group, so the final kill must cover the tree.
     # RQ_WORKER_CLASS is read by `rq worker` (rq/cli/helpers.py) unless -w is given.
-    Preset("rq", (("TERM", "0s"), ("TERM", "budget-5s")),
+    # Its cold shutdown (horse killed, job requeued) took 0.1 s in the
+    # end-to-end tests; the floor leaves room for a slow Redis.
+    Preset("rq", (("TERM", "0s"), ("TERM", "budget-reserve")),
            {"RQ_WORKER_CLASS": "graceshell.integrations.rq.Worker"},
-           "TERM finishes the current job; a second TERM 5 s before the end is the cold shutdown, which "
-           "graceshell's RQ worker class (set by the preset) turns into a requeue of the job"),
+           "TERM finishes the current job; a second TERM at the cold reserve before the end is the cold "
+           "shutdown, which graceshell's RQ worker class (set by the preset) turns into a requeue of the job",
+           cold_floor=1.0, cold_why="RQ's cold shutdown, 0.1s measured, with margin"),
     # sidekiq 8.1 lib/sidekiq/cli.rb: TSTP = quiet, TERM = stop within -t
     # (default 25 s), then bulk_requeue of unfinished jobs plus 3 s for ensure.
     Preset("sidekiq", (("TSTP", "0s"), ("TERM", "0s")), {},
@@ -78,4 +96,7 @@ def preset_layer(name: str) -> dict[str, Setting]:
                                                                     for i in range(len(specs))]))
     if preset.env:
         layer["env"] = Setting(dict(preset.env), origin)
+    if preset.cold_floor is not None:
+        layer["cold_floor"] = Setting(preset.cold_floor, Origin(f"preset {name}: {preset.cold_why}"
+                                                                if preset.cold_why else f"preset {name}"))
     return layer

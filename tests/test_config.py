@@ -166,6 +166,50 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
         assert entry["env"]["value"] == ["TERM_CHILD"]
 
 
+# (platform, timeout flag, preset): the cold step scales with the budget and
+# leaves a warm phase of at least half of it on the platforms with short grace.
+@pytest.mark.parametrize("platform, preset, ladder", [
+    ("fly", "celery", [("TERM", 0.0), ("QUIT", 2.0), ("KILL", 4.0)]),
+    ("fly", "rq", [("TERM", 0.0), ("TERM", 3.0), ("KILL", 4.0)]),
+    ("docker", "celery", [("TERM", 0.0), ("QUIT", 6.0), ("KILL", 8.0)]),
+    ("docker", "rq", [("TERM", 0.0), ("TERM", 6.0), ("KILL", 8.0)]),
+    ("cloudrun", "celery", [("TERM", 0.0), ("QUIT", 6.0), ("KILL", 8.0)]),
+    ("cloudrun", "rq", [("TERM", 0.0), ("TERM", 6.0), ("KILL", 8.0)]),
+])
+def test_short_grace_keeps_a_warm_phase(tmp_path, platform, preset, ladder):
+    entry = check_json(tmp_path, "--preset", preset, "--platform", platform)["processes"][0]
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == ladder
+    assert entry["warm_phase_s"]["value"] >= entry["budget_s"]["value"] / 2
+    assert entry["cold_reserve_s"]["from"].startswith("25% of the budget, at least ")
+    assert f"(preset {preset}: " in entry["cold_reserve_s"]["from"] and entry["errors"] == []
+
+
+def test_an_8s_compose_stop_grace_period_fits_a_3s_job(tmp_path):
+    entry = check_json(tmp_path, "--preset", "celery", "--platform", "docker",
+                       "--platform-timeout", "8s")["processes"][0]
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == [("TERM", 0.0), ("QUIT", 4.4),
+                                                                          ("KILL", 6.4)]
+
+
+def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(tmp_path):
+    proc = graceshell(tmp_path, "check", "--platform", "fly", "--platform-timeout", "2s", "--preset", "celery")
+    assert proc.returncode == 0, proc.stderr
+    assert "  warm phase       0s" in proc.stdout
+    assert ("error: QUIT@budget-reserve falls on 0s: a budget of 1.6s (fly, timeout 2s) leaves no warm phase"
+            in proc.stdout)
+    assert "raise kill_timeout in fly.toml to at least 5s" in proc.stdout
+    fixed = graceshell(tmp_path, "check", "--platform", "cloudrun", "--budget", "1s", "--preset", "rq")
+    assert "error: TERM@budget-reserve falls on 0s" in fixed.stdout and "raise the budget (--budget)" in fixed.stdout
+
+
+def test_budget_reserve_in_graceshell_yml(tmp_path):
+    write(tmp_path, "graceshell.yml", "platform: docker\ndefaults:\n  ladder: 'INT@0s,TERM@budget-reserve'\n")
+    entry = check_json(tmp_path)["processes"][0]
+    # No preset floor: the built-in 2s, or a quarter of the budget when that is more.
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == [("INT", 0.0), ("TERM", 6.0), ("KILL", 8.0)]
+    assert entry["cold_reserve_s"]["value"] == 2.0 and "(built-in)" in entry["cold_reserve_s"]["from"]
+
+
 def test_config_from_environment_variable(tmp_path):
     write(tmp_path, "other.yml", "budget: 7s\n")
     out = check_json(tmp_path, "--platform", "none", env=clean_env(GRACESHELL_CONFIG="other.yml"))
