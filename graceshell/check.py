@@ -8,6 +8,7 @@ import shlex
 from graceshell.durations import format_duration
 from graceshell.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE, cold_reserve,
                                describe, resolve_offset)
+from graceshell.durations import parse_duration
 from graceshell.plan import make_plan, resolve_platform
 from graceshell.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
 from graceshell.signals import signal_name
@@ -47,7 +48,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     uses_reserve = any(_is_reserve(spec.at) for spec in specs)
     floor = _get_value(settings, "cold_floor")
     reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(floor or DEFAULT_COLD_FLOOR)}"
-                    f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)}")
+                    f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)} "
+                    "or half the budget")
     errors = collapse_errors(plan, specs, floor, budget_origin=settings["budget"].origin if "budget" in settings
                              else None)
     warm = 0.0 if errors else warm_phase(plan)
@@ -73,7 +75,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "on_orphans": {"value": plan.on_orphans, "from": _from(settings, "on_orphans")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
-        "warnings": warnings(plan),
+        "warnings": (_short_reserve(plan, floor, settings["budget"].origin if "budget" in settings else None)
+                     if uses_reserve and not errors else []) + warnings(plan),
         "errors": errors,
     }
 
@@ -108,26 +111,44 @@ def collapse_errors(plan: RunPlan, specs: list[StepSpec], floor: float | None, *
     step = specs[collapsed[0]]
     platform = plan.platform
     timeout = format_duration(plan.platform_timeout or 0)
-    if budget_origin is not None:
-        fix = f"raise the budget ({budget_origin})"
-    elif platform.timeout_setting:
-        needed = _timeout_for_a_warm_phase(step.at, floor)
-        fix = f"raise {platform.timeout_setting}" + (f" to at least {format_duration(needed)}" if needed else "")
-    else:
-        fix = (f"{platform.name}'s timeout cannot be raised: give this worker a ladder of its own whose cold "
-               "step fits (e.g. --ladder with an absolute offset)")
+    fix = _fix(plan, str(step.at), floor, budget_origin)
     return [f"{step.signal}@{step.at} falls on 0s: a budget of {format_duration(plan.budget)} ({platform.name}, "
             f"timeout {timeout}) leaves no warm phase, so the worker is told to cancel its jobs the moment it is "
             f"told to finish them; {fix}"]
 
 
-def _timeout_for_a_warm_phase(at: str, floor: float | None) -> float | None:
-    """The shortest whole-second platform timeout whose default budget gives
-    a warm phase at least as long as the time the step `at` keeps before the end."""
+def _short_reserve(plan: RunPlan, floor: float | None, budget_origin: object | None) -> list[str]:
+    """The budget gave the warm phase its half, and the cold step less than the framework needs."""
+    need = DEFAULT_COLD_FLOOR if floor is None else floor
+    reserve = plan.cold_reserve or 0.0
+    if reserve >= need:
+        return []
+    return [f"the cold step gets {format_duration(round(reserve, 3))} before the final KILL, less than the "
+            f"{format_duration(need)} the {plan.preset} preset's cold shutdown needs: it may be cut short by the "
+            f"KILL (jobs are still reported); {_fix(plan, f'budget-{RESERVE}', floor, budget_origin)}"]
+
+
+def _fix(plan: RunPlan, at: str, floor: float | None, budget_origin: object | None) -> str:
+    """What to change for more room: the budget when it was set, else the platform's timeout setting."""
+    platform = plan.platform
+    if budget_origin is not None:
+        return f"raise the budget ({budget_origin})"
+    if platform.timeout_setting:
+        needed = _timeout_for_room(at, floor)
+        return f"raise {platform.timeout_setting}" + (f" to at least {format_duration(needed)}" if needed else "")
+    return (f"{platform.name}'s timeout cannot be raised: give this worker a ladder of its own whose cold step "
+            "fits (e.g. --ladder with an absolute offset)")
+
+
+def _timeout_for_room(at: str, floor: float | None) -> float | None:
+    """The shortest whole-second platform timeout whose default budget keeps
+    what the step `at` asks for before the end, and as much again before it."""
+    wanted = (DEFAULT_COLD_FLOOR if floor is None else floor) if at.replace(" ", "").lower().endswith(RESERVE) \
+        else parse_duration(at.strip()[len("budget-"):])
     for seconds in range(1, 301):
         budget = default_budget(float(seconds))
         kept = budget - resolve_offset(at, budget, cold_reserve(budget, floor))
-        if 0 < kept <= budget - kept:
+        if kept >= wanted and budget - kept >= kept:
             return float(seconds)
     return None
 

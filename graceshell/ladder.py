@@ -58,7 +58,9 @@ def parse_ladder_spec(spec: str) -> list[StepSpec]:
 # a second or two, but the warm phase before it is what lets jobs finish, so
 # the reserve is a quarter of the budget, never under the framework's
 # measured need (its floor) and never over 5 s, which every framework here
-# fits in with room to spare.
+# fits in with room to spare. On a budget too short for both, the warm phase
+# keeps half of it: a job that cannot finish is requeued by the cold step
+# either way, while a cold step on t=0 would leave no job a chance.
 COLD_RESERVE_SHARE = 0.25
 COLD_RESERVE_CAP = 5.0
 DEFAULT_COLD_FLOOR = 2.0  # for a ladder of one's own that says budget-reserve
@@ -68,9 +70,9 @@ RESERVE = "reserve"
 def cold_reserve(budget: float, floor: float | None = None) -> float:
     """Seconds between a `budget-reserve` step and the final KILL: a quarter
     of the budget between the framework's floor and 5 s, and never more than
-    the budget itself (then the cold step collapses onto t=0)."""
+    half the budget."""
     floor = DEFAULT_COLD_FLOOR if floor is None else floor
-    return min(budget, max(floor, min(COLD_RESERVE_CAP, COLD_RESERVE_SHARE * budget)))
+    return min(budget / 2, max(floor, min(COLD_RESERVE_CAP, COLD_RESERVE_SHARE * budget)))
 
 
 def resolve_offset(at: str | int | float, budget: float, reserve: float | None = None) -> float:

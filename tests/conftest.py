@@ -190,9 +190,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     if not SURVIVAL:
         return
-    terminalreporter.section("survival of a platform stop (SIGKILL at 10 s)")
+    terminalreporter.section("survival of a platform stop (platform SIGKILL after the timeout shown)")
     for row in SURVIVAL:
         jobs = ", ".join(f"{k}: {v}" for k, v in row.items()
-                         if k not in ("framework", "broadcast", "setup", "platform_sigkill"))
-        terminalreporter.write_line(f"{row['framework']:<7} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
+                         if k not in ("framework", "timeout", "broadcast", "setup", "platform_sigkill"))
+        terminalreporter.write_line(f"{row['framework']:<7} {row.get('timeout', 10):>3}s {row['broadcast']:<6} "
+                                    f"{row['setup']:<20} {jobs}"
                                     f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")
