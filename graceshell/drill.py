@@ -275,6 +275,7 @@ class LedgerWatch:
         self.fd: int | None = None
         self.wake_r, self.wake_w = os.pipe()
         self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()  # the watch thread and close() both scan
         self.closed = False
 
     @classmethod
@@ -328,7 +329,10 @@ class LedgerWatch:
             self._scan(first=False)
 
     def _scan(self, *, first: bool) -> None:
-        now = time.monotonic() - self.started_at
+        with self.lock:
+            self._compare(time.monotonic() - self.started_at, first=first)
+
+    def _compare(self, now: float, *, first: bool) -> None:
         try:
             names = {n for n in os.listdir(self.jobs_dir) if n.endswith(".json") and not n.startswith(".")}
         except OSError:
@@ -352,6 +356,9 @@ class LedgerWatch:
             self.seen[name] = entry
 
     def close(self) -> None:
+        """Stop watching, after one last look: called when the worker has
+        exited, before graceshell removes the ledger, so what is gone now
+        has finished (a busy machine may not have run the thread since)."""
         if self.closed:
             return
         self.closed = True
@@ -361,6 +368,7 @@ class LedgerWatch:
             pass
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(2)
+        self._scan(first=False)
         for fd in (self.fd, self.wake_r, self.wake_w):
             if fd is not None:
                 try:

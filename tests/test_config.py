@@ -170,10 +170,10 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
 # leaves a warm phase of at least half of it on the platforms with short grace.
 @pytest.mark.parametrize("platform, preset, ladder", [
     ("fly", "celery", [("TERM", 0.0), ("QUIT", 2.0), ("KILL", 4.0)]),
-    ("fly", "rq", [("TERM", 0.0), ("TERM", 3.0), ("KILL", 4.0)]),
-    ("docker", "celery", [("TERM", 0.0), ("QUIT", 5.5), ("KILL", 8.0)]),
+    ("fly", "rq", [("TERM", 0.0), ("TERM", 2.5), ("KILL", 4.0)]),
+    ("docker", "celery", [("TERM", 0.0), ("QUIT", 5.0), ("KILL", 8.0)]),
     ("docker", "rq", [("TERM", 0.0), ("TERM", 6.0), ("KILL", 8.0)]),
-    ("cloudrun", "celery", [("TERM", 0.0), ("QUIT", 5.5), ("KILL", 8.0)]),
+    ("cloudrun", "celery", [("TERM", 0.0), ("QUIT", 5.0), ("KILL", 8.0)]),
     ("cloudrun", "rq", [("TERM", 0.0), ("TERM", 6.0), ("KILL", 8.0)]),
 ])
 def test_short_grace_keeps_a_warm_phase(tmp_path, platform, preset, ladder):
@@ -187,7 +187,7 @@ def test_short_grace_keeps_a_warm_phase(tmp_path, platform, preset, ladder):
 def test_an_8s_compose_stop_grace_period_fits_a_3s_job(tmp_path):
     entry = check_json(tmp_path, "--preset", "celery", "--platform", "docker",
                        "--platform-timeout", "8s")["processes"][0]
-    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == [("TERM", 0.0), ("QUIT", 3.9),
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == [("TERM", 0.0), ("QUIT", 3.4),
                                                                           ("KILL", 6.4)]
 
 
@@ -200,7 +200,7 @@ def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(t
     assert "raise kill_timeout in fly.toml to at least 15s" in proc.stdout
     railway = check_json(tmp_path, "--platform", "railway", "--preset", "celery")["processes"][0]
     (error,) = railway["errors"]
-    assert error.endswith("raise the service variable RAILWAY_DEPLOYMENT_DRAINING_SECONDS to at least 7s")
+    assert error.endswith("raise the service variable RAILWAY_DEPLOYMENT_DRAINING_SECONDS to at least 8s")
     fixed = graceshell(tmp_path, "check", "--platform", "cloudrun", "--budget", "1s", "--preset", "resque")
     assert "error: TERM@budget-6s falls on 0s" in fixed.stdout and "raise the budget (--budget)" in fixed.stdout
     heroku = graceshell(tmp_path, "check", "--platform", "heroku", "--platform-timeout", "5s", "--preset", "resque")
@@ -211,8 +211,8 @@ def test_a_short_budget_halves_between_warm_phase_and_cold_step_and_says_so(tmp_
     entry = check_json(tmp_path, "--platform", "fly", "--preset", "celery")["processes"][0]
     assert entry["warm_phase_s"]["value"] == entry["cold_reserve_s"]["value"] == 2.0 and entry["errors"] == []
     assert entry["warnings"][0] == (
-        "the cold step gets 2s before the final KILL, less than the 2.5s the celery preset's cold shutdown needs: "
-        "it may be cut short by the KILL (jobs are still reported); raise kill_timeout in fly.toml to at least 7s")
+        "the cold step gets 2s before the final KILL, less than the 3s the celery preset's cold shutdown needs: "
+        "it may be cut short by the KILL (jobs are still reported); raise kill_timeout in fly.toml to at least 8s")
 
 
 def test_budget_reserve_in_graceshell_yml(tmp_path):

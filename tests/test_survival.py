@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,17 +66,23 @@ def finish(proc: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
-def cold_shutdown_s(result: dict) -> float | None:
+def cold_shutdown_s(result: dict) -> float | str | None:
     """From the cold step to the worker's exit, read from the drill's timeline."""
     cold = [e["t"] for e in result["timeline"] if e["fired"] and "cold shutdown" in e["what"]]
     exits = [e["t"] for e in result["timeline"] if e["kind"] == "exit"]
-    return round(exits[0] - cold[0], 3) if cold and exits else None
+    kills = [e["t"] for e in result["timeline"] if e["fired"] and e["kind"] == "kill"]
+    if not cold or not exits:
+        return None
+    if kills and kills[0] <= exits[0]:
+        return f"more than {kills[0] - cold[0]:.2f} (cut by graceshell's KILL)"
+    return round(exits[0] - cold[0], 3)
 
 
 def record(framework: str, timeout: int, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
     SURVIVAL.append({"framework": framework, "timeout": timeout, "broadcast": broadcast,
                      "setup": "graceshell + preset" if wrapped else "bare", **fates,
                      "cold shutdown s": cold_shutdown_s(result),
+                     "graceshell's KILL": result["outcome"] == "killed",
                      "platform_sigkill": bool(result["platform_killed"])})
 
 
@@ -136,11 +143,22 @@ class CeleryRun:
                 else:
                     os.environ[key] = value
         self.redis = Redis.from_url(redis_url)
-        self.short = self.app_module.work.delay(SHORT[timeout])
-        self.long = self.app_module.work.delay(LONG)
+        self.lengths = {"short": SHORT[timeout], "long": LONG}
+        self.sent: dict[str, Any] = {}
 
-    def running(self) -> bool:
-        return all((self.marks / f"started-{t.id}").exists() for t in (self.short, self.long))
+    def send(self, which: str) -> None:
+        self.sent[which] = self.app_module.work.delay(self.lengths[which])
+
+    def running(self, which: str) -> bool:
+        return which not in self.sent or (self.marks / f"started-{self.sent[which].id}").exists()
+
+    @property
+    def short(self) -> Any:
+        return self.sent["short"]
+
+    @property
+    def long(self) -> Any:
+        return self.sent["long"]
 
     def fate(self, task_id: str) -> str:
         if (self.marks / f"done-{task_id}").exists():
@@ -200,10 +218,16 @@ class RQRun:
                 str(BIN / "rq"), "worker", "--url", redis_url, queue_name]
         self.proc = drill(tmp, timeout, args, env, ready)
         self.redis = Redis.from_url(redis_url)
-        self.job = Queue(queue_name, connection=self.redis).enqueue("survival_jobs.work", length, job_timeout=600)
+        self.queue = Queue(queue_name, connection=self.redis)
+        self.which, self.length = ("long" if length == LONG else "short"), length
+        self.job: Any = None
 
-    def running(self) -> bool:
-        return (self.marks / f"started-{self.job.id}").exists()
+    def send(self, which: str) -> None:
+        if which == self.which:
+            self.job = self.queue.enqueue("survival_jobs.work", self.length, job_timeout=600)
+
+    def running(self, which: str) -> bool:
+        return which != self.which or (self.marks / f"started-{self.job.id}").exists()
 
     def fates(self) -> dict[str, str]:
         status = self.job.get_status(refresh=True)
@@ -233,7 +257,12 @@ def run_together(tmp: Path, redis_url: str, timeout: int, broadcast: str, wrappe
             workdir = tmp / f"run{len(runs)}"
             workdir.mkdir()
             runs.append(make(workdir))
-        wait_for(lambda: all(run.running() for run in runs), 90, "every job running")
+        # The long jobs first, then the short ones, and the stop at once: every
+        # short job is running at the stop with (nearly) all of its time ahead.
+        for which in ("long", "short"):
+            for run in runs:
+                run.send(which)
+            wait_for(lambda: all(run.running(which) for run in runs), 90, f"every {which} job running")
         ready.touch()
         outcomes = []
         for run in runs:
@@ -256,16 +285,23 @@ def test_jobs_survive_a_platform_stop_under_graceshell(tmp_path, redis_url, time
         picture = f"{run.framework}: {fates}\n{render(result, tty=False)}"  # what a failure shows
         expected = {label: "completed" if label == "short job" else "requeued" for label in fates}
         assert fates == expected, picture
-        # No SIGKILL, the platform's or graceshell's: the worker stopped on its own.
-        assert result["platform_killed"] == [] and result["outcome"] != "killed", picture
+        assert result["platform_killed"] == [], picture
+        if run.framework == "rq":
+            # RQ's cold shutdown (0.2-1.2 s) fits its reserve (at least 1.5 s):
+            # the worker stopped on its own. Celery's (1.2-2.5 s, more on a busy
+            # machine) may meet graceshell's KILL, Fly's 2 s certainly can
+            # (`check` says so): recorded in the table, and its jobs must still
+            # be back in the queue by then (asserted above).
+            assert result["outcome"] != "killed", picture
         if "long job" in fates:
             (orphan,) = result["orphaned_jobs"]  # named in the report, although it went back
             assert orphan["id"] == run.long_id() and orphan["requeued"] is True, picture
             assert result["survived"] is False, picture  # a job did not fit: the drill says so
             assert any(e["what"].endswith(" requeued") for e in result["timeline"]), picture
-        else:
+        if "short job" in fates:  # it was running at the stop, and finished after it
+            assert any(e["what"].endswith(" finished") and e["t"] > 0 for e in result["timeline"]), picture
+        if "long job" not in fates:
             assert result["orphaned_jobs"] == [] and result["survived"] is True, picture
-            assert any(e["what"].endswith(" finished") for e in result["timeline"]), picture
 
 
 @pytest.mark.parametrize("broadcast", ["all", "group"])
