@@ -67,7 +67,7 @@ def test_text_timeline_of_a_stop(tmp_path):
     assert lines[0].startswith("graceshell drill: DID NOT SURVIVE: stopped in ")
     start = lines.index("  timeline, from the stop to the platform's SIGKILL at 4s:")
     bars = lines[start + 1:-1]
-    # Budget 3.2s, cold reserve 2s: QUIT at 1.2s; every bar is plain ASCII, 42 columns wide.
+    # Budget 3.2s, cold reserve half of it: QUIT at 1.6s; every bar is plain ASCII, 42 columns wide.
     assert bars[0] == "  0.00s  |*.......................................|  stop: TERM to every process (platform heroku)"
     assert any(line.endswith("QUIT to the worker: step 2, cold shutdown") for line in bars)
     assert any("job j-9 reports.build cut off: left in the ledger, not requeued" in line for line in bars)
