@@ -4,14 +4,14 @@ process will really get, with where every value comes from."""
 from __future__ import annotations
 
 import shlex
+import signal
 
-from graceshell.durations import format_duration
+from graceshell.durations import format_duration, parse_duration
 from graceshell.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE, cold_reserve,
                                describe, resolve_offset)
-from graceshell.durations import parse_duration
 from graceshell.plan import make_plan, resolve_platform
 from graceshell.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
-from graceshell.signals import signal_name
+from graceshell.signals import parse_signal, signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
@@ -104,11 +104,11 @@ def collapse_errors(plan: RunPlan, specs: list[StepSpec], floor: float | None, *
                     budget_origin: object | None) -> list[str]:
     """A step written to come before the end that the budget pushed onto t=0:
     the cold signal then goes out with the warm one, and no job can finish."""
-    collapsed = [index for index, spec in enumerate(specs)
-                 if _budget_relative(spec.at) and index + 1 < len(plan.ladder) and plan.ladder[index].at == 0]
+    collapsed = [spec for spec in specs if _budget_relative(spec.at) and parse_signal(spec.signal) != signal.SIGKILL
+                 and resolve_offset(spec.at, plan.budget, plan.cold_reserve) == 0]
     if not collapsed:
         return []
-    step = specs[collapsed[0]]
+    step = collapsed[0]
     platform = plan.platform
     timeout = format_duration(plan.platform_timeout or 0)
     fix = _fix(plan, str(step.at), floor, budget_origin)

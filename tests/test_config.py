@@ -207,6 +207,13 @@ def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(t
     assert "heroku's timeout cannot be raised: give this worker a ladder of its own" in heroku.stdout
 
 
+def test_a_budget_relative_first_step_that_fits_is_no_error(tmp_path):
+    entry = check_json(tmp_path, "--platform", "docker", "--ladder", "QUIT@budget-5s")["processes"][0]
+    assert entry["errors"] == [] and entry["warm_phase_s"]["value"] == 3.0
+    fly = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget-5s")["processes"][0]
+    assert fly["errors"][0].startswith("QUIT@budget-5s falls on 0s")
+
+
 def test_a_short_budget_halves_between_warm_phase_and_cold_step_and_says_so(tmp_path):
     entry = check_json(tmp_path, "--platform", "fly", "--preset", "celery")["processes"][0]
     assert entry["warm_phase_s"]["value"] == entry["cold_reserve_s"]["value"] == 2.0 and entry["errors"] == []
