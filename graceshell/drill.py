@@ -224,8 +224,10 @@ class Drill:
                     e["kind"] == "step" for e in found):
                 found.append(event(t, f"{item.get('signal')} to the worker: warm shutdown", "step"))
             elif name == "graceshell.escalate" and item.get("step") != "final":
+                index = int(item.get("step", 0))
+                last = index == len(ladder) - 2  # the step before the KILL is the cold one
                 found.append(event(item.get("elapsed_s", t), f"{item.get('signal')} to the worker: "
-                                   f"step {int(item.get('step', 0)) + 1}, cold shutdown", "step"))
+                                   f"step {index + 1}{', cold shutdown' if last else ''}", "step"))
             elif name == "graceshell.escalate":
                 count = len(item.get("killed") or [])
                 found.append(event(item.get("elapsed_s", t), f"graceshell's KILL of the whole tree at its budget: "
@@ -245,7 +247,7 @@ class Drill:
                 if change["what"] == "finished" and change["file"] in left:
                     continue  # removed with the ledger at the end, not finished
                 found.append(event(change["t"], f"job {change['label']} {change['what']}",
-                                   "job" if change["what"] == "finished" else "cut"))
+                                   "cut" if change["what"] == "requeued" else "job"))
             for job in orphaned:
                 if not any(c["file"] == job.get("file") and c["what"] == "requeued" for c in self.watch.changes):
                     state = "requeued" if job.get("requeued") else "cut off: left in the ledger, not requeued"
