@@ -41,26 +41,26 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # celery 5.6 celery/apps/worker.py: TERM = warm shutdown (repeats only
     # reprint), QUIT = cold: cancel_active_requests, acks_late tasks are
     # redelivered by the broker, others are marked for retry.
-    # Its cold shutdown took 1.2 s from QUIT to exit at rest and up to 2.5 s
+    # Its cold shutdown took 1.2 s from QUIT to exit at rest and up to 2.6 s
     # on a loaded 2-core machine in the end-to-end tests (two prefork tasks
     # cancelled, restored to Redis, connection closed); billiard alone waits
     # 0.5 s for the pool's input queues to go quiet (_help_stuff_finish).
     Preset("celery", (("TERM", "0s"), ("QUIT", "budget-reserve")), {},
            "TERM lets running tasks finish; QUIT at the cold reserve before the end cancels the rest so the "
            "broker gets them back (acks_late) before the kill",
-           cold_floor=3.0, cold_why="Celery's cold shutdown, 1.2-2.5s measured, with margin"),
+           cold_floor=3.0, cold_why="Celery's cold shutdown, 1.2-2.6s measured, with margin"),
     # rq 2.10 rq/worker/base.py: first TERM = warm (finish the job); a second
     # TERM more than 1 s later = cold (horse killed, SystemExit). The horse
     # has its own process group, so the final kill must cover the tree.
     # RQ_WORKER_CLASS is read by `rq worker` (rq/cli/helpers.py) unless -w is given.
-    # Its cold shutdown (horse killed, job requeued) took 0.2-0.6 s in the
+    # Its cold shutdown (horse killed, job requeued) took 0.15-0.6 s in the
     # end-to-end tests, and up to 1 s more on a loaded machine: on the way
     # out RQ joins its pubsub thread with a 1 s timeout (Worker.unsubscribe).
     Preset("rq", (("TERM", "0s"), ("TERM", "budget-reserve")),
            {"RQ_WORKER_CLASS": "graceshell.integrations.rq.Worker"},
            "TERM finishes the current job; a second TERM at the cold reserve before the end is the cold "
            "shutdown, which graceshell's RQ worker class (set by the preset) turns into a requeue of the job",
-           cold_floor=1.5, cold_why="RQ's cold shutdown, 0.2-1.2s measured"),
+           cold_floor=2.0, cold_why="RQ's cold shutdown, 0.15-1.6s measured, with margin"),
     # sidekiq 8.1 lib/sidekiq/cli.rb: TSTP = quiet, TERM = stop within -t
     # (default 25 s), then bulk_requeue of unfinished jobs plus 3 s for ensure.
     Preset("sidekiq", (("TSTP", "0s"), ("TERM", "0s")), {},

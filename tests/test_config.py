@@ -170,7 +170,7 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
 # leaves a warm phase of at least half of it on the platforms with short grace.
 @pytest.mark.parametrize("platform, preset, ladder", [
     ("fly", "celery", [("TERM", 0.0), ("QUIT", 2.0), ("KILL", 4.0)]),
-    ("fly", "rq", [("TERM", 0.0), ("TERM", 2.5), ("KILL", 4.0)]),
+    ("fly", "rq", [("TERM", 0.0), ("TERM", 2.0), ("KILL", 4.0)]),
     ("docker", "celery", [("TERM", 0.0), ("QUIT", 5.0), ("KILL", 8.0)]),
     ("docker", "rq", [("TERM", 0.0), ("TERM", 6.0), ("KILL", 8.0)]),
     ("cloudrun", "celery", [("TERM", 0.0), ("QUIT", 5.0), ("KILL", 8.0)]),

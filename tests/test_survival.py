@@ -287,8 +287,8 @@ def test_jobs_survive_a_platform_stop_under_graceshell(tmp_path, redis_url, time
         assert fates == expected, picture
         assert result["platform_killed"] == [], picture
         if run.framework == "rq":
-            # RQ's cold shutdown (0.2-1.2 s) fits its reserve (at least 1.5 s):
-            # the worker stopped on its own. Celery's (1.2-2.5 s, more on a busy
+            # RQ's cold shutdown (0.15-1.6 s) fits its reserve (at least 2 s):
+            # the worker stopped on its own. Celery's (1.2-2.6 s, more on a busy
             # machine) may meet graceshell's KILL, Fly's 2 s certainly can
             # (`check` says so): recorded in the table, and its jobs must still
             # be back in the queue by then (asserted above).
