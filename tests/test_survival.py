@@ -34,7 +34,7 @@ BIN = Path(sys.executable).parent
 SHORT = {10: 1.5, 8: 3.0, 5: 1.5}
 LONG = 60.0
 SURVIVAL: list[dict] = []  # printed by conftest's terminal summary
-DRILL_STDERR = subprocess.DEVNULL
+DRILL_STDERR = subprocess.DEVNULL  # the workers' output and graceshell's log; a file to read them
 
 
 def drill(tmp: Path, timeout: int, args: list[str], env: dict, ready: Path) -> subprocess.Popen:
