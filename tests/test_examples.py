@@ -59,6 +59,9 @@ def assert_fits(entry: dict[str, Any], platform: str, deadline: float) -> None:
 # -- graceshell check inside examples/ ----------------------------------------------------------
 
 def test_check_passes_inside_examples() -> None:
+    plain = subprocess.run([sys.executable, "-m", "graceshell", "check"], cwd=EXAMPLES, env=clean_env(),
+                           capture_output=True, text=True, timeout=30)
+    assert plain.returncode == 0 and not plain.stderr, plain.stderr
     result = subprocess.run([sys.executable, "-m", "graceshell", "check", "--json"], cwd=EXAMPLES,
                             env=clean_env(DYNO="worker.1"), capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
