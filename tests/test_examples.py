@@ -85,6 +85,18 @@ def test_heroku_procfile_is_detected_by_dyno(tmp_path: Path) -> None:
         assert any("every process" in warning for warning in entry["warnings"])  # Heroku's broadcast
 
 
+def test_on_a_dyno_run_takes_heroku_and_the_dynos_section() -> None:
+    """`worker.1` selects graceshell.yml's `worker` section, whatever the command."""
+    result = subprocess.run([sys.executable, "-m", "graceshell", "run", "--log-format", "json", "--", "true"],
+                            cwd=EXAMPLES, env=clean_env(DYNO="worker.1"), capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stderr.splitlines()[-1])
+    assert report["platform"] == "heroku" and report["platform_timeout_s"] == 30.0 and report["budget_s"] == 25.0
+    assert report["process"] == "worker.1"
+    assert [step["signal"] for step in report["ladder"]] == ["TERM", "QUIT", "KILL"]  # the worker section's
+
+
 # -- Fly.io -------------------------------------------------------------------------------------
 
 def test_fly_toml_budget_ends_before_kill_timeout(tmp_path: Path) -> None:
