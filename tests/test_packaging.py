@@ -29,9 +29,10 @@ import pytest
 from conftest import clean_env, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-# A data file that exists only in the copy we build: proof that the wheel takes
-# package data by a general rule, not by a list of names.
-PROBE = "graceshell/integrations/packaging_probe.rb"
+# Data files that exist only in the copy we build, beside the modules and in a
+# folder of their own: proof that the wheel takes package data by a general
+# rule, not by a list of names.
+PROBES = ("graceshell/integrations/packaging_probe.rb", "graceshell/integrations/probe_data/probe.rb")
 IGNORED_IN_COPY = shutil.ignore_patterns(".venv", ".git", "build", "dist", "*.egg-info", "__pycache__",
                                          ".pytest_cache", "*.pyc")
 
@@ -95,7 +96,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     root = tmp_path_factory.mktemp("packaging")
     source = root / "source"
     _copy_source(source)
-    (source / PROBE).write_text("# data file: must ship in the wheel\n")
+    for probe in PROBES:
+        (source / probe).parent.mkdir(parents=True, exist_ok=True)
+        (source / probe).write_text("# data file: must ship in the wheel\n")
     dist = root / "dist"
     # The sdist first, then the wheel built from the unpacked sdist: a file the
     # sdist forgets breaks the wheel here, not on a user's machine.
@@ -135,7 +138,7 @@ def test_the_wheel_carries_every_module_and_data_file(installed: Installed) -> N
         if path.is_file() and "__pycache__" not in path.parts)
     missing = [name for name in package_files if name not in names]
     assert not missing, f"not in the wheel: {missing}"
-    assert PROBE in names and "graceshell/py.typed" in names
+    assert set(PROBES) <= names and "graceshell/py.typed" in names
     assert f"graceshell-{_source_version()}.dist-info/licenses/LICENSE" in names
     assert not [name for name in names if name.startswith("tests/") or name.endswith(".pyc")]
     for field in ("License-Expression: MIT", "Requires-Python: >=3.10", "Classifier: Typing :: Typed",
@@ -149,7 +152,7 @@ def test_the_sdist_carries_docs_license_tests_and_examples(installed: Installed)
         top = f"graceshell-{_source_version()}/"
         names = {name.removeprefix(top) for name in sdist.getnames()}
     for wanted in ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "MANIFEST.in", "Makefile",
-                   "graceshell/py.typed", PROBE, "tests/conftest.py", "tests/test_packaging.py",
+                   "graceshell/py.typed", *PROBES, "tests/conftest.py", "tests/test_packaging.py",
                    "examples/Procfile", "examples/graceshell.yml", "tools/install-test-deps"):
         assert wanted in names, f"{wanted} missing from the sdist"
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
