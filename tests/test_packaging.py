@@ -64,6 +64,10 @@ def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def venv_pip(env_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "pip", "--python", str(env_dir / "bin" / "python"), "--disable-pip-version-check"]
+
+
 class Installed:
     """A fresh venv with the built wheel installed; commands run outside the source tree."""
 
@@ -113,11 +117,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     (direct_wheel,) = direct.glob("graceshell-*.whl")
     with zipfile.ZipFile(wheel) as from_sdist, zipfile.ZipFile(direct_wheel) as from_tree:
         assert sorted(from_sdist.namelist()) == sorted(from_tree.namelist())
-    venv.EnvBuilder(with_pip=True, clear=True).create(root / "venv")
-    pip = [str(root / "venv" / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # No pip of its own (ensurepip is the slowest part of making a venv): this
+    # pip installs into it with --python.
+    venv.EnvBuilder(with_pip=False, clear=True).create(root / "venv")
     # celery and rq are the frameworks whose integrations the wheel must carry;
     # everything else comes from the wheel's own dependencies.
-    _run([*pip, str(wheel), "celery", "rq"], cwd=root)
+    _run([*venv_pip(root / "venv"), "install", "--quiet", str(wheel), "celery", "rq"], cwd=root)
     return Installed(root, wheel, sdist, source)
 
 
@@ -163,7 +168,8 @@ def test_version_comes_from_the_package(installed: Installed) -> None:
     assert output.startswith("graceshell") and output.split()[-1] == _source_version(), output
     where = installed.run("python", "-c", "import graceshell; print(graceshell.__file__)").stdout.strip()
     assert Path(where).is_relative_to(installed.root / "venv"), f"imported from {where}, not the installed wheel"
-    installed.run("python", "-m", "pip", "check")
+    _run([*venv_pip(installed.root / "venv"), "check"])  # every dependency the wheel declares is there
+    installed.run("python", "-c", "import graceshell.integrations.celery")
 
 
 def test_run_supervises_and_stops_a_worker(installed: Installed) -> None:
@@ -201,3 +207,29 @@ def test_the_rq_worker_class_imports(installed: Installed) -> None:
     code = ("import rq, graceshell.integrations.rq as m; "
             "assert issubclass(m.Worker, rq.Worker); print(m.Worker.__module__)")
     assert installed.run("python", "-c", code).stdout.strip() == "graceshell.integrations.rq"
+
+
+PACKAGING_JOBS = """
+import os
+
+def ledger():
+    return sorted(os.listdir(os.environ["GRACESHELL_JOBS_DIR"]))
+"""
+
+
+def test_the_rq_preset_runs_a_job_through_the_installed_worker_class(installed: Installed, redis_url: str) -> None:
+    """`--preset rq` names graceshell.integrations.rq.Worker, and the wheel's copy records the job."""
+    pytest.importorskip("rq")
+    from redis import Redis
+    from rq import Queue
+
+    (installed.cwd / "packaging_jobs.py").write_text(PACKAGING_JOBS)
+    redis = Redis.from_url(redis_url)
+    try:
+        job = Queue("packaging", connection=redis).enqueue("packaging_jobs.ledger")
+        result = installed.run("graceshell", "run", "--platform", "none", "--preset", "rq", "--log-format", "json",
+                               "--", "rq", "worker", "--burst", "--url", redis_url, "packaging")
+        assert job.get_status(refresh=True) == "finished", result.stderr
+        assert [name for name in job.return_value() if job.id in name], job.return_value()
+    finally:
+        redis.close()
