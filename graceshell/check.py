@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from graceshell.resolve import Sources
     from graceshell.settings import Setting
 
+# Platforms that broadcast by default but let the deployment choose graceshell
+# alone as the receiver, and how.
+_WHO_GETS_THE_SIGNAL = {
+    "systemd": "with the default KillMode=control-group; KillMode=mixed in the unit sends it to graceshell alone",
+}
 SHORT_GRACE = 10.0  # seconds: below this, say loudly that there is little room for a warm stop
 BUILT_IN = "built-in"
 
@@ -85,8 +90,9 @@ def warnings(plan: RunPlan) -> list[str]:
             "rq": "the rq preset runs graceshell.integrations.rq.Worker (unless -w or $RQ_WORKER_CLASS says "
                   "otherwise)",
         }.get(plan.preset, "its children must ignore that signal while a job finishes")
+        choice = _WHO_GETS_THE_SIGNAL.get(plan.platform.name)
         found.append(f"{plan.platform.name} sends its stop signal to every process, the worker's children "
-                     f"included: {advice}")
+                     f"included{f' ({choice})' if choice else ''}: {advice}")
     found.extend(_sidekiq_timeout(plan))
     return found
 
