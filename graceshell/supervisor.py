@@ -124,7 +124,7 @@ class Supervisor:
         self.ledger = Ledger()
         # Files (preset, graceshell.yml, .env) set defaults; the real environment
         # wins; the ledger's paths are this run's own.
-        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment()}
+        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment(self.plan.budget)}
         self.pid = tree.spawn_worker(self.plan.argv, env, self.caught | _PYTHON_IGNORES)
         self.started = time.monotonic()
         if hasattr(os, "pidfd_open"):
