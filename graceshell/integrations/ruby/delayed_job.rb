@@ -61,6 +61,8 @@ module Graceshell
         end
       end
 
+      private :trap
+
       def run(job)
         path = Graceshell.track(job.id, job.name, framework: "delayed_job", queue: job.queue,
                                                   attempts: job.attempts)

@@ -34,13 +34,19 @@ module Graceshell
 
     module_function
 
-    # The shutdown timeout that ends ENSURE_GRACE before graceshell's KILL,
-    # or nil when the user chose one (or the budget is unknown).
-    def fitted_timeout(options, stopped_at)
-      return nil if TIMEOUT_GIVEN || options[:timeout] != DEFAULT_TIMEOUT
+    # Sets the shutdown timeout that ends ENSURE_GRACE before graceshell's
+    # KILL, unless the user chose one (or the budget is unknown).
+    def fit_timeout(options, stopped_at)
+      return if options.nil? || TIMEOUT_GIVEN || options[:timeout] != DEFAULT_TIMEOUT
 
       left = Graceshell.remaining(stopped_at)
-      left && [left - ENSURE_GRACE, 0].max
+      return unless left
+
+      options[:timeout] = [left - ENSURE_GRACE, 0].max
+      ::Sidekiq.logger.info("graceshell: shutdown timeout #{options[:timeout].round(1)}s, so unfinished jobs " \
+                            "are back in Redis before graceshell's kill")
+    rescue StandardError => e # never stand in the way of a shutdown
+      warn("graceshell: Sidekiq's shutdown timeout left as it is: #{e.class}: #{e.message}")
     end
 
     class Ledger
@@ -63,12 +69,7 @@ module Graceshell
 
     module Launcher
       def stop
-        timeout = Graceshell::Sidekiq.fitted_timeout(@options, Time.now)
-        if timeout
-          ::Sidekiq.logger.info("graceshell: shutdown timeout #{timeout.round(1)}s, so unfinished jobs are " \
-                                "back in Redis before graceshell's kill")
-          @options[:timeout] = timeout
-        end
+        Graceshell::Sidekiq.fit_timeout(@options || @config, Time.now) # Sidekiq 6 || 7
         super
       end
     end
@@ -89,7 +90,7 @@ module Graceshell
     end
 
     module Fetch
-      def bulk_requeue(inprogress, options)
+      def bulk_requeue(inprogress, *)
         super
         inprogress.each do |work|
           jid = (::Sidekiq.load_json(work.job)["jid"] rescue nil) # rubocop:disable Style/RescueModifier
@@ -100,11 +101,15 @@ module Graceshell
   end
 end
 
+# Sidekiq::CLI is defined by `sidekiq` (lib/sidekiq/cli.rb) after the
+# launcher, manager and fetcher are loaded, and only in the server process.
 if Graceshell.active?
-  Graceshell.when_defined("Sidekiq::Launcher") do |launcher|
-    launcher.prepend(Graceshell::Sidekiq::Launcher)
+  Graceshell.when_defined("Sidekiq::CLI") do
+    ::Sidekiq::Launcher.prepend(Graceshell::Sidekiq::Launcher)
     ::Sidekiq::Manager.prepend(Graceshell::Sidekiq::Manager)
     ::Sidekiq::BasicFetch.prepend(Graceshell::Sidekiq::Fetch)
-    ::Sidekiq.server_middleware { |chain| chain.add(Graceshell::Sidekiq::Ledger) }
+    ::Sidekiq.configure_server do |config|
+      config.server_middleware { |chain| chain.add(Graceshell::Sidekiq::Ledger) }
+    end
   end
 end
