@@ -142,8 +142,11 @@ def run_sidekiq(scenario: Scenario, workdir: Path, redis_url: str) -> dict:
     try:
         short, long = sidekiq_enqueue(redis, queue, SHORT), sidekiq_enqueue(redis, queue, LONG)
         env = clean_env(REDIS_URL=redis_url, MARKS_DIR=str(marks))
-        # Sidekiq's defaults (-t 25): the user changes nothing for graceshell.
-        proc = scenario.drill(workdir, ["sidekiq", "-r", str(workdir / "jobs.rb"), "-c", "2", "-q", queue], env)
+        # Sidekiq's defaults (-t 25): the user changes nothing for graceshell;
+        # or a -t of the user's own, which the integration keeps.
+        options = ["-t", scenario.variant.removeprefix("-t")] if scenario.variant else []
+        proc = scenario.drill(workdir, ["sidekiq", "-r", str(workdir / "jobs.rb"), "-c", "2", "-q", queue, *options],
+                              env)
         try:
             started(proc, [marks / f"started-{short}", marks / f"started-{long}"], workdir)
             result = finish(proc, workdir)
@@ -244,6 +247,8 @@ def scenario_of(item: pytest.Item) -> Scenario | None:
     name = item.originalname if hasattr(item, "originalname") else item.name
     if name == "test_sidekiq_survives_a_platform_stop":
         return Scenario("sidekiq", params["timeout"], params["broadcast"], params["wrapped"])
+    if name == "test_sidekiq_with_a_timeout_too_long_requeues_at_the_cold_step":
+        return Scenario("sidekiq", 10, "all", True, "-t25")
     if name == "test_delayed_job_survives_a_platform_stop":
         return Scenario("delayed_job", 10, params["broadcast"], params["wrapped"], params["length"])
     if name == "test_delayed_job_raise_signal_exceptions_survives_a_platform_stop":
@@ -294,9 +299,24 @@ def test_sidekiq_survives_a_platform_stop(ruby_drills, timeout, broadcast, wrapp
     if wrapped:
         assert run["fates"] == {"short job": "completed", "long job": "requeued"}, result
         assert_stopped_by_itself(result)
-        (orphan,) = result["orphaned_jobs"]
-        assert orphan["id"] == run["long"] and orphan["requeued"] is True and orphan["interrupted"] is True
-        assert result["survived"] is False  # a job did not fit: the drill says so
+        assert_sidekiq_long_job_reported(run, result)
+
+
+def assert_sidekiq_long_job_reported(run: dict, result: dict) -> None:
+    (orphan,) = result["orphaned_jobs"]
+    assert orphan["id"] == run["long"] and orphan["name"] == "SleepJob" and orphan["framework"] == "sidekiq", orphan
+    assert orphan["requeued"] is True and orphan["interrupted"] is True, orphan
+    assert result["survived"] is False  # a job did not fit: the drill says so
+
+
+def test_sidekiq_with_a_timeout_too_long_requeues_at_the_cold_step(ruby_drills):
+    """A -t 25 of the user's own is kept (and `check` warns about it), yet the
+    jobs go back to Redis at graceshell's cold step, before its KILL at 8 s."""
+    run, result = outcome(ruby_drills, Scenario("sidekiq", 10, "all", True, "-t25"), "sidekiq (10 s, -t 25)")
+    assert run["fates"] == {"short job": "completed", "long job": "requeued"}, result
+    assert_stopped_by_itself(result)
+    assert result["outcome"] == "escalated", result  # the cold step, not Sidekiq's own timeout
+    assert_sidekiq_long_job_reported(run, result)
 
 
 @pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
@@ -328,5 +348,6 @@ def assert_delayed_job_goal(run: dict, result: dict, length: str) -> None:
     else:
         assert run["fates"] == {"long job": "rescheduled, unlocked"}, result
         (orphan,) = result["orphaned_jobs"]
+        assert orphan["name"] == "SleepJob" and orphan["framework"] == "delayed_job", orphan
         assert orphan["requeued"] is True and orphan["interrupted"] is True, orphan
         assert result["survived"] is False
