@@ -57,3 +57,13 @@ def test_check_ruby_preset_says_when_a_rubyopt_of_the_users_hides_the_integratio
     assert "from the environment" in warning and shlex.split(warning)[-3].endswith(f"ruby/{preset}.rb")
     entries = check(tmp_path, f"worker: {command}\n", "--preset", preset)
     assert not [w for w in entries["worker"]["warnings"] if "RUBYOPT" in w]
+
+
+@pytest.mark.parametrize("platform, budget", [(["--platform", "none", "--budget", "7.5s"], "7.5"),
+                                              (["--platform", "heroku"], "25")])
+def test_worker_gets_the_budget_for_the_ruby_integrations(tmp_path, platform, budget):
+    out = tmp_path / "budget"
+    proc = subprocess.run([*GRACESHELL, "run", *platform, "--", "sh", "-c", f'echo "$GRACESHELL_BUDGET_S" > {out}'],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().strip() == budget
