@@ -58,7 +58,7 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "on_orphans": {"value": plan.on_orphans, "from": _from(settings, "on_orphans")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
-        "warnings": warnings(plan) + _rubyopt_replaced(plan, settings, environ),
+        "warnings": warnings(plan) + _ruby_integration(plan, settings, environ),
     }
 
 
@@ -135,14 +135,18 @@ def _sidekiq_timeout(plan: RunPlan) -> list[str]:
 RUBY_INTEGRATIONS = {"sidekiq": "ruby/sidekiq.rb", "delayed_job": "ruby/delayed_job.rb"}
 
 
-def _rubyopt_replaced(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
-    """A RUBYOPT of the user's own replaces the preset's, and with it the integration."""
+def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
+    """A RUBYOPT of the user's own replaces the preset's, and with it the
+    integration; Ruby splits RUBYOPT at spaces, so its path must have none."""
     file = RUBY_INTEGRATIONS.get(plan.preset)
     if file is None:
         return []
     import os
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", file)
+    if any(char.isspace() for char in path):
+        return [f"graceshell is installed under a path with a space ({path}): Ruby splits RUBYOPT at spaces and "
+                f"cannot load graceshell's {plan.preset} integration; install graceshell elsewhere"]
     for value, origin in ((environ.get("RUBYOPT"), "the environment"),
                           ((plan.env or {}).get("RUBYOPT"), _from(settings, "env"))):
         if value is not None and file not in value:
