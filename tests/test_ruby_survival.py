@@ -73,6 +73,13 @@ class Scenario:
                                     stdout=subprocess.PIPE, stderr=err)
 
 
+def ruby_env(**extra: str) -> dict:
+    """The test's environment without a RUBYOPT of its own, which would replace the preset's."""
+    env = clean_env(**extra)
+    env.pop("RUBYOPT", None)
+    return env
+
+
 def finish(proc: subprocess.Popen, workdir: Path) -> dict:
     out, _ = proc.communicate(timeout=120)
     try:
@@ -141,7 +148,7 @@ def run_sidekiq(scenario: Scenario, workdir: Path, redis_url: str) -> dict:
     redis = Redis.from_url(redis_url)
     try:
         short, long = sidekiq_enqueue(redis, queue, SHORT), sidekiq_enqueue(redis, queue, LONG)
-        env = clean_env(REDIS_URL=redis_url, MARKS_DIR=str(marks))
+        env = ruby_env(REDIS_URL=redis_url, MARKS_DIR=str(marks))
         # Sidekiq's defaults (-t 25): the user changes nothing for graceshell;
         # or a -t of the user's own, which the integration keeps.
         options = ["-t", scenario.variant.removeprefix("-t")] if scenario.variant else []
@@ -220,7 +227,7 @@ def run_delayed_job(scenario: Scenario, workdir: Path, seconds: float, raise_on_
     marks.mkdir(parents=True)
     (workdir / "worker.rb").write_text(textwrap.dedent(DELAYED_JOB_WORKER))
     database = workdir / "jobs.sqlite3"
-    env = clean_env(DJ_DATABASE=str(database), MARKS_DIR=str(marks), JOB_SECONDS=str(seconds))
+    env = ruby_env(DJ_DATABASE=str(database), MARKS_DIR=str(marks), JOB_SECONDS=str(seconds))
     if raise_on_term:
         env["DJ_RAISE_ON_TERM"] = "1"
     proc = scenario.drill(workdir, ["ruby", str(workdir / "worker.rb")], env)
