@@ -67,3 +67,12 @@ def test_worker_gets_the_budget_for_the_ruby_integrations(tmp_path, platform, bu
                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=20)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().strip() == budget
+
+
+def test_start_passes_the_sidekiq_presets_environment_to_each_process(tmp_path):
+    (tmp_path / "Procfile").write_text("worker: env\n")
+    proc = subprocess.run([*GRACESHELL, "start", "--preset", "sidekiq", "--platform", "none"], cwd=tmp_path,
+                          env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if "RUBYOPT=" in line]
+    assert line.endswith("/ruby/sidekiq.rb"), line
