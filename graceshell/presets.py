@@ -1,7 +1,9 @@
 """Worker presets: how each job framework wants to be stopped, as data.
 
 A preset is a ladder whose offsets are relative to the budget, plus the
-signals to remap and environment it sets. Each row says why, with the place
+signals to remap and environment it sets. In that environment
+`{integrations}` stands for the installed graceshell/integrations directory
+(the Ruby presets load a file from it through RUBYOPT). Each row says why, with the place
 in the framework's own source where the behaviour is defined.
 """
 
