@@ -7,6 +7,10 @@ Layout, created for every run and removed at exit:
         jobs/                         $GRACESHELL_JOBS_DIR: one <...>.json per job in flight
         shutdown.json                 $GRACESHELL_SHUTDOWN_FILE: written at the first stop signal
 
+The worker also gets $GRACESHELL_BUDGET_S, the seconds from the first stop
+signal to graceshell's final KILL, for integrations that must size a
+framework's own shutdown timeout before any stop (Sidekiq's).
+
 Dot-files in jobs/ are writes in progress and are never read.
 """
 
@@ -22,6 +26,7 @@ TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for 
 if TYPE_CHECKING:
     from typing import Any
 
+BUDGET_ENV = "GRACESHELL_BUDGET_S"
 # inotify(7) events that change the set of files in a directory.
 _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
 
@@ -62,8 +67,11 @@ class Ledger:
         self.watch_fd: int | None = None
         self.notice_fd: int | None = None  # the next notice's temporary file, opened ahead
 
-    def environment(self) -> dict[str, str]:
-        return {JOBS_DIR_ENV: self.jobs_dir, SHUTDOWN_FILE_ENV: self.shutdown_file}
+    def environment(self, budget: float | None = None) -> dict[str, str]:
+        env = {JOBS_DIR_ENV: self.jobs_dir, SHUTDOWN_FILE_ENV: self.shutdown_file}
+        if budget is not None:
+            env[BUDGET_ENV] = f"{budget:g}"
+        return env
 
     def prepare_notice(self) -> None:
         """Open the next notice's temporary file ahead of need, so that at a

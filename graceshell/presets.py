@@ -1,7 +1,9 @@
 """Worker presets: how each job framework wants to be stopped, as data.
 
 A preset is a ladder whose offsets are relative to the budget, plus the
-signals to remap and environment it sets. Each row says why, with the place
+signals to remap and environment it sets. In that environment
+`{integrations}` stands for the installed graceshell/integrations directory
+(the Ruby presets load a file from it through RUBYOPT). Each row says why, with the place
 in the framework's own source where the behaviour is defined.
 """
 
@@ -40,22 +42,30 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            {"RQ_WORKER_CLASS": "graceshell.integrations.rq.Worker"},
            "TERM finishes the current job; a second TERM 5 s before the end is the cold shutdown, which "
            "graceshell's RQ worker class (set by the preset) turns into a requeue of the job"),
-    # sidekiq 8.1 lib/sidekiq/cli.rb: TSTP = quiet, TERM = stop within -t
-    # (default 25 s), then bulk_requeue of unfinished jobs plus 3 s for ensure.
-    Preset("sidekiq", (("TSTP", "0s"), ("TERM", "0s")), {},
-           "TSTP stops fetching, TERM shuts down within Sidekiq's -t, which must end 8 s before the budget "
-           "so Sidekiq can push unfinished jobs back itself"),
+    # sidekiq 6.4 lib/sidekiq/cli.rb, launcher.rb, manager.rb: TERM = quiet,
+    # wait up to -t (default 25 s) for running jobs, then bulk_requeue the rest
+    # and wait up to 3 s for their `ensure` blocks. graceshell's Ruby file
+    # (RUBYOPT) fits that timeout to the budget and requeues at the cold step.
+    Preset("sidekiq", (("TERM", "0s"), ("TERM", "budget-3s")),
+           {"RUBYOPT": "-r{integrations}/ruby/sidekiq.rb"},
+           "TERM stops fetching and lets running jobs finish; graceshell's Ruby file, loaded by the preset, "
+           "sets Sidekiq's shutdown timeout to end 3 s before the budget and, at the second TERM (the cold "
+           "step), has Sidekiq push unfinished jobs back to Redis at once"),
     # resque 3.0 lib/resque/worker.rb: QUIT = finish the job; TERM =
     # shutdown!, which with TERM_CHILD sends the child TERM (TermException)
     # and SIGKILL after RESQUE_TERM_TIMEOUT (4 s).
     Preset("resque", (("QUIT", "0s"), ("TERM", "budget-6s")), {"TERM_CHILD": "1"},
            "QUIT finishes the current job; TERM 6 s before the end gives the job a TermException and "
            "Resque 4 s to kill its child"),
-    # delayed_job 4.2 lib/delayed/worker.rb: INT and TERM = exit after the
-    # job; with raise_signal_exceptions = :term, TERM aborts and reschedules.
-    Preset("delayed_job", (("INT", "0s"), ("TERM", "budget-5s")), {},
-           "INT finishes the current job; TERM 5 s before the end aborts and reschedules it when "
-           "raise_signal_exceptions is :term (otherwise it is harmless)"),
+    # delayed_job 4.1 lib/delayed/worker.rb: INT and TERM = exit after the
+    # job; a killed worker leaves its job locked until max_run_time.
+    # graceshell's Ruby file (RUBYOPT) keeps the warm phase warm whatever
+    # raise_signal_exceptions says and aborts the job at the cold TERM.
+    Preset("delayed_job", (("INT", "0s"), ("TERM", "budget-3s")),
+           {"RUBYOPT": "-r{integrations}/ruby/delayed_job.rb"},
+           "INT finishes the current job; TERM 3 s before the end aborts it, and delayed_job reschedules it "
+           "and releases its lock (graceshell's Ruby file, loaded by the preset, does that without "
+           "raise_signal_exceptions and keeps the platform's own TERM from aborting a job earlier)"),
     # gunicorn 26 gunicorn/arbiter.py: TERM = graceful (graceful_timeout),
     # INT/QUIT = quick; INT during a graceful stop switches to quick.
     Preset("gunicorn", (("TERM", "0s"), ("INT", "budget-3s")), {},
@@ -65,6 +75,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("uvicorn", (("TERM", "0s"), ("INT", "budget-3s")), {},
            "TERM drains connections; INT 3 s before the end is the only signal that forces Uvicorn out"),
 )}
+
+
+def _package_paths(value: str) -> str:
+    """`{integrations}` in a preset's environment: where graceshell's
+    integrations are installed (the Ruby files are package data)."""
+    if "{integrations}" not in value:
+        return value
+    import os
+
+    return value.replace("{integrations}", os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations"))
 
 
 def preset_layer(name: str) -> dict[str, Setting]:
@@ -77,5 +97,5 @@ def preset_layer(name: str) -> dict[str, Setting]:
         layer["ladder"] = Setting(specs, Origin(f"preset {name}", [f"preset {name} step {i + 1}"
                                                                     for i in range(len(specs))]))
     if preset.env:
-        layer["env"] = Setting(dict(preset.env), origin)
+        layer["env"] = Setting({key: _package_paths(value) for key, value in preset.env.items()}, origin)
     return layer

@@ -152,9 +152,9 @@ def test_precedence_flags_section_defaults_preset_platform(tmp_path):
     ("generic", [("(as received)", 0.0), ("KILL", 25.0)]),
     ("celery", [("TERM", 0.0), ("QUIT", 20.0), ("KILL", 25.0)]),
     ("rq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
-    ("sidekiq", [("TSTP", 0.0), ("TERM", 0.0), ("KILL", 25.0)]),
+    ("sidekiq", [("TERM", 0.0), ("TERM", 22.0), ("KILL", 25.0)]),
     ("resque", [("QUIT", 0.0), ("TERM", 19.0), ("KILL", 25.0)]),
-    ("delayed_job", [("INT", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("delayed_job", [("INT", 0.0), ("TERM", 22.0), ("KILL", 25.0)]),
     ("gunicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
     ("uvicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
 ])
@@ -164,6 +164,8 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
     assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == ladder
     if preset == "resque":
         assert entry["env"]["value"] == ["TERM_CHILD"]
+    if preset in ("sidekiq", "delayed_job"):
+        assert entry["env"]["value"] == ["RUBYOPT"]
 
 
 def test_config_from_environment_variable(tmp_path):
