@@ -502,6 +502,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(_usage_line(exc), USAGE_EXIT)
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
-    except click.Abort:
-        _fail("aborted", 1)
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C before graceshell took over its signals
+        _fail("interrupted", 130)
+    except BrokenPipeError:  # `graceshell check | head -1`: the reader has all it wanted
+        sys.stderr.close()
+        os._exit(0)
     sys.exit(code if isinstance(code, int) else 0)
