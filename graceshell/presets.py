@@ -40,14 +40,44 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            {"RQ_WORKER_CLASS": "graceshell.integrations.rq.Worker"},
            "TERM finishes the current job; a second TERM 5 s before the end is the cold shutdown, which "
            "graceshell's RQ worker class (set by the preset) turns into a requeue of the job"),
+    # dramatiq 2.2 dramatiq/cli.py: main() sighandler forwards every TERM (and
+    # INT, as TERM) to each worker process; worker_process() termhandler: the
+    # first TERM stops the consumers and joins the worker threads for
+    # --worker-shutdown-timeout (10 min), a second one is sys.exit(RET_KILLED).
+    # The message in hand stays unacked (RedisBroker: redelivered only after
+    # the 60 s heartbeat timeout), unless graceshell's middleware requeues it.
+    Preset("dramatiq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
+           "TERM lets the running actors finish; a second TERM 5 s before the end makes each worker process "
+           "exit at once, and graceshell's middleware puts the messages in hand back first"),
+    # huey 3.5 huey/consumer.py Consumer.__init__ and _handle_signal: the
+    # graceful signal is INT (huey_consumer -g), TERM is immediate (the
+    # consumer exits, thread workers die with it, SIGNAL_INTERRUPTED is sent
+    # for the tasks in flight); stop(graceful=True) joins the workers for
+    # -t (default: forever). Process workers (-k process) ignore INT and turn
+    # TERM into KeyboardInterrupt in the task (ProcessEnvironment.init_child).
+    Preset("huey", (("INT", "0s"), ("TERM", "budget-5s")), {},
+           "INT is Huey's graceful shutdown; TERM 5 s before the end is its immediate one, after which "
+           "graceshell's integration requeues the interrupted tasks"),
+    # arq 0.28 arq/worker.py Worker.__init__, handle_sig and
+    # handle_sig_wait_for_completion: TERM or INT cancels running jobs at
+    # once, which are retried (retry_jobs, up to max_tries); with
+    # job_completion_wait the first signal stops picking jobs and waits that
+    # long before cancelling, and a repeated signal only starts another wait.
+    Preset("arq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
+           "TERM stops picking jobs (with job_completion_wait, or under graceshell's worker class); a second "
+           "TERM 5 s before the end cancels the running jobs, which arq retries"),
     # sidekiq 8.1 lib/sidekiq/cli.rb: TSTP = quiet, TERM = stop within -t
     # (default 25 s), then bulk_requeue of unfinished jobs plus 3 s for ensure.
     Preset("sidekiq", (("TSTP", "0s"), ("TERM", "0s")), {},
            "TSTP stops fetching, TERM shuts down within Sidekiq's -t, which must end 8 s before the budget "
            "so Sidekiq can push unfinished jobs back itself"),
-    # resque 3.0 lib/resque/worker.rb: QUIT = finish the job; TERM =
-    # shutdown!, which with TERM_CHILD sends the child TERM (TermException)
-    # and SIGKILL after RESQUE_TERM_TIMEOUT (4 s).
+    # resque 3.0.0 lib/resque/worker.rb (verified against source, not run):
+    # QUIT = shutdown (l.430), which sets @shutdown (l.466-471) so the work
+    # loop ends after the current job (l.265); TERM = shutdown! (l.426,
+    # without GRACEFUL_TERM, l.160), which with TERM_CHILD (l.159) runs
+    # new_kill_child (l.475-479): TERM to the child (l.579), whose handler
+    # raises TermException (l.445-451, installed at fork l.950), and KILL
+    # after RESQUE_TERM_TIMEOUT, default 4 s (l.158, l.581-585).
     Preset("resque", (("QUIT", "0s"), ("TERM", "budget-6s")), {"TERM_CHILD": "1"},
            "QUIT finishes the current job; TERM 6 s before the end gives the job a TermException and "
            "Resque 4 s to kill its child"),
