@@ -180,15 +180,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("benchmarks, smoke run (figures only, no thresholds)")
         for line in output.splitlines():
             terminalreporter.write_line(line)
-    try:
-        from test_survival import SURVIVAL
-    except ImportError:
-        return
+    from survival_helpers import SURVIVAL
+
     if not SURVIVAL:
         return
     terminalreporter.section("survival of a platform stop (SIGKILL at 10 s)")
     for row in SURVIVAL:
         jobs = ", ".join(f"{k}: {v}" for k, v in row.items()
                          if k not in ("framework", "broadcast", "setup", "platform_sigkill"))
-        terminalreporter.write_line(f"{row['framework']:<7} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
+        terminalreporter.write_line(f"{row['framework']:<9} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
                                     f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")
