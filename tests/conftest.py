@@ -188,5 +188,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for row in SURVIVAL:
         jobs = ", ".join(f"{k}: {v}" for k, v in row.items()
                          if k not in ("framework", "broadcast", "setup", "platform_sigkill"))
-        terminalreporter.write_line(f"{row['framework']:<9} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
+        terminalreporter.write_line(f"{row['framework']:<16} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
                                     f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")
