@@ -1,21 +1,27 @@
 """arq through a real platform stop, on redis-server: the bare `arq`
 command beside graceshell with the arq preset and its drop-in command.
 
+arq needs a redis-py older than Celery's, so its worker (and the script
+that enqueues its jobs) runs from an environment of its own, .venv-arq,
+which `make test` creates; graceshell and the drill run from this one.
+
 One worker runs a short job (fits in the warm phase) and a long one (does
 not). The four stops (TERM to every process or to the process group, bare
 or under graceshell) run at once; each test reads its own.
 """
 
-import asyncio
-import sys
+import json
+import os
+import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import clean_env, wait_for
-from survival_helpers import BIN, LONG, SHORT, drill, finish, outcome_of, record, run_concurrently, stop_drill
+from survival_helpers import LONG, SHORT, drill, finish, outcome_of, record, run_concurrently, stop_drill
 
-pytest.importorskip("arq")
+ARQ_BIN = Path(__file__).resolve().parents[1] / ".venv-arq" / "bin"
 
 APP = """
 import asyncio, os
@@ -49,16 +55,28 @@ def fate(redis, queue: str, job_id: str, marks, label: str) -> str:
     return "requeued"
 
 
-async def enqueue(redis_url: str, queue: str) -> dict:
-    from arq import create_pool
-    from arq.connections import RedisSettings
+ENQUEUE = """
+import asyncio, json, sys
+from arq import create_pool
+from arq.connections import RedisSettings
 
-    pool = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=queue)
+async def enqueue(url, queue, jobs):
+    pool = await create_pool(RedisSettings.from_dsn(url), default_queue_name=queue)
     try:
-        return {label: (await pool.enqueue_job("work", seconds, label)).job_id
-                for label, seconds in (("short", SHORT), ("long", LONG))}
+        return {label: (await pool.enqueue_job("work", seconds, label)).job_id for label, seconds in jobs}
     finally:
         await pool.aclose()
+
+print(json.dumps(asyncio.run(enqueue(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))))
+"""
+
+
+def enqueue(redis_url: str, queue: str) -> dict:
+    """The short and the long job, enqueued by arq's own client; their ids."""
+    jobs = json.dumps([("short", SHORT), ("long", LONG)])
+    out = subprocess.run([str(ARQ_BIN / "python"), "-c", ENQUEUE, redis_url, queue, jobs],
+                         check=True, capture_output=True, timeout=60).stdout
+    return json.loads(out)
 
 
 def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool) -> tuple[dict, dict, dict]:
@@ -69,14 +87,14 @@ def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool) -> tuple[
     marks.mkdir(parents=True)
     (tmp_path / "survival_arq.py").write_text(textwrap.dedent(APP))
     env = clean_env(REDIS_URL=redis_url, PYTHONPATH=str(tmp_path), MARKS_DIR=str(marks), QUEUE=queue)
-    worker = [sys.executable, "-m", "graceshell.integrations.arq"] if wrapped else [str(BIN / "arq")]
+    worker = [str(ARQ_BIN / "python"), "-m", "graceshell.integrations.arq"] if wrapped else [str(ARQ_BIN / "arq")]
     args = ["--broadcast", broadcast, "--preset", "arq", *([] if wrapped else ["--no-wrap"]), "--",
             *worker, "survival_arq.WorkerSettings"]
     proc = drill(tmp_path, args, env)
     redis = Redis.from_url(redis_url)
     ids: dict = {}
     try:
-        ids = asyncio.run(enqueue(redis_url, queue))
+        ids = enqueue(redis_url, queue)
         wait_for(lambda: all((marks / f"started-{label}").exists() for label in ids), 60, "both jobs running")
         (tmp_path / "ready.flag").touch()
         result = finish(proc)
@@ -91,6 +109,10 @@ def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool) -> tuple[
 
 @pytest.fixture(scope="module")
 def arq_stops(tmp_path_factory, redis_url):
+    if not (ARQ_BIN / "arq").exists():
+        if os.environ.get("CI"):
+            pytest.fail("the arq environment is missing: `make test` (or .ci/run) creates it")
+        pytest.skip("the arq environment is missing: run `make .venv-arq/.installed`")
     return run_concurrently({
         (broadcast, wrapped): (lambda b=broadcast, w=wrapped: stop_once(
             tmp_path_factory.mktemp(f"arq-{b}-{int(w)}"), redis_url, b, w))
