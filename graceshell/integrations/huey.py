@@ -157,6 +157,9 @@ def main() -> None:
     if sys.platform == "win32" and config.worker_type == WORKER_PROCESS:
         err('Error:  huey cannot be run in "process"-mode on Windows.')
         sys.exit(1)
+    # Huey restarts on SIGHUP with execl(python, python, *sys.argv): as a
+    # script this file would shadow the huey package, so restart as -m.
+    sys.argv[:1] = ["-m", "graceshell.integrations.huey"]
     huey = install(load_huey(args[0]))
     config.setup_logger(logging.getLogger("huey"))
     huey.create_consumer(**config.values).run()
