@@ -169,6 +169,20 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
         assert entry["env"]["value"] == ["TERM_CHILD"]
 
 
+@pytest.mark.parametrize("preset, bare, integrated", [
+    ("dramatiq", "dramatiq app", "dramatiq app graceshell.integrations.dramatiq --processes 2"),
+    ("huey", "huey_consumer app.huey -w 4", "python -m graceshell.integrations.huey app.huey -w 4"),
+    ("arq", "arq app.WorkerSettings", "sh -c 'exec python -m graceshell.integrations.arq $SETTINGS'"),
+])
+def test_check_says_whether_dramatiq_huey_arq_run_their_integration(tmp_path, preset, bare, integrated):
+    """On a broadcasting platform `check` names the integration the command lacks, or says it has it."""
+    write(tmp_path, "Procfile", f"bare: {bare}\nintegrated: {integrated}\n")
+    out = check_json(tmp_path, "--preset", preset, "--platform", "heroku")
+    warnings = {entry["process"]: " ".join(entry["warnings"]) for entry in out["processes"]}
+    assert f"graceshell.integrations.{preset}" in warnings["bare"] and "the command runs" not in warnings["bare"]
+    assert f"the command runs graceshell.integrations.{preset}" in warnings["integrated"]
+
+
 def test_config_from_environment_variable(tmp_path):
     write(tmp_path, "other.yml", "budget: 7s\n")
     out = check_json(tmp_path, "--platform", "none", env=clean_env(GRACESHELL_CONFIG="other.yml"))
