@@ -4,7 +4,7 @@ job in the job ledger.
 
 No code to change: run graceshell's drop-in for the `arq` command, which
 takes the same worker settings (and --burst, --check, -v,
---custom-log-dict):
+--custom-log-dict; not --watch, a development reloader):
 
     graceshell run --preset arq -- python -m graceshell.integrations.arq app.WorkerSettings
 
@@ -67,15 +67,17 @@ class Worker(_ArqWorker):
             job_id = ctx.get("job_id")
             tracker = jobs.track(job_id, function.name, queue=self.queue_name, job_try=ctx.get("job_try"))
             tracker.__enter__()
+            cancelled_by_cold_step = False
             try:
                 return await coroutine(ctx, *args, **kwargs)
             except asyncio.CancelledError:
-                if shutdown.escalated():
+                cancelled_by_cold_step = shutdown.escalated()
+                if cancelled_by_cold_step:  # the entry stays: the report names the job
                     jobs.update(str(job_id), interrupted=True, requeued=bool(self.retry_jobs))
-                    tracker.path = None  # the entry stays: the report names the job
                 raise
             finally:
-                tracker.__exit__(None, None, None)
+                if not cancelled_by_cold_step:
+                    tracker.__exit__(None, None, None)
 
         return run
 

@@ -76,7 +76,10 @@ class Consumer(_HueyConsumer):
 
     def stop(self, graceful: bool = False) -> None:
         self._graceful_stop_under_way = graceful
-        super().stop(graceful=graceful)
+        try:
+            super().stop(graceful=graceful)
+        finally:
+            self._graceful_stop_under_way = False
 
 
 class _Ledger:
