@@ -4,7 +4,10 @@ graceshell with the dramatiq preset and its middleware module.
 One worker process with two threads runs a short job (fits in the warm
 phase) and a long one (does not). The four stops (TERM to every process or
 to the process group, bare or under graceshell) run at once; each test
-reads its own.
+reads its own. Bare, the outcome varies from run to run: the worker
+process gets the TERM twice (the platform's, and the main process's
+forward of it), and takes them as one or as two depending on how close
+together they come.
 """
 
 import textwrap

@@ -18,10 +18,10 @@ dramatiq/worker.py Worker.stop, dramatiq/brokers/redis.py):
   finish their messages, for up to --worker-shutdown-timeout); its second
   TERM is sys.exit at once. On a platform that signals every process
   (Heroku) a worker process gets the platform's TERM and the main
-  process's forward of it: two TERMs, so it dies at once and takes its
-  running messages with it. Here a worker process takes one warm request
-  however many TERMs arrive, until graceshell escalates (its shutdown
-  notice says so).
+  process's forward of it: two TERMs, and unless they arrive close enough
+  to be taken as one, it dies at once and takes its running messages with
+  it. Here a worker process takes one warm request however many TERMs
+  arrive, until graceshell escalates (its shutdown notice says so).
 - At graceshell's cold step (the preset's second TERM, forwarded by the
   main process) the messages in hand go back to their queues before the
   process exits. Dramatiq itself would leave them unacknowledged: the Redis
