@@ -50,6 +50,21 @@ def record(framework: str, broadcast: str, wrapped: bool, fates: dict, result: d
                      "platform_sigkill": bool(result["platform_killed"])})
 
 
+# framework -> what builds its scenarios: (tmp_path_factory, redis_url) ->
+# {key: a function that runs one stop and returns what its test checks}.
+SCENARIO_BUILDERS: dict[str, Callable[[Any, str], dict[Any, Callable[[], Any]]]] = {}
+
+
+def scenarios_of(framework: str) -> Callable:
+    """Register a test module's scenario builder; conftest's `framework_stops`
+    runs the scenarios of every selected framework at once."""
+    def register(build: Callable[[Any, str], dict[Any, Callable[[], Any]]]) -> Callable:
+        SCENARIO_BUILDERS[framework] = build
+        return build
+
+    return register
+
+
 def run_concurrently(scenarios: dict[Any, Callable[[], Any]]) -> dict[Any, Any]:
     """Run every scenario at once (each mostly waits on a sleeping job or a
     timeout), so a framework's stops cost the time of its slowest one.

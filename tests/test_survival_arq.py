@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import clean_env, wait_for
-from survival_helpers import LONG, SHORT, drill, finish, outcome_of, record, run_concurrently, stop_drill
+from survival_helpers import LONG, SHORT, drill, finish, outcome_of, record, scenarios_of, stop_drill
 
 ARQ_BIN = Path(__file__).resolve().parents[1] / ".venv-arq" / "bin"
 
@@ -107,16 +107,24 @@ def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool) -> tuple[
         redis.close()
 
 
-@pytest.fixture(scope="module")
-def arq_stops(tmp_path_factory, redis_url):
+def missing_environment() -> None:
+    if os.environ.get("CI"):
+        pytest.fail("the arq environment is missing: `make test` (or .ci/run) creates it")
+    pytest.skip("the arq environment is missing: run `make .venv-arq/.installed`")
+
+
+@scenarios_of("arq")
+def arq_scenarios(tmp_path_factory, redis_url: str) -> dict:
     if not (ARQ_BIN / "arq").exists():
-        if os.environ.get("CI"):
-            pytest.fail("the arq environment is missing: `make test` (or .ci/run) creates it")
-        pytest.skip("the arq environment is missing: run `make .venv-arq/.installed`")
-    return run_concurrently({
-        (broadcast, wrapped): (lambda b=broadcast, w=wrapped: stop_once(
-            tmp_path_factory.mktemp(f"arq-{b}-{int(w)}"), redis_url, b, w))
-        for broadcast, wrapped in SCENARIOS})
+        return {scenario: missing_environment for scenario in SCENARIOS}
+    return {(broadcast, wrapped): (lambda b=broadcast, w=wrapped: stop_once(
+                tmp_path_factory.mktemp(f"arq-{b}-{int(w)}"), redis_url, b, w))
+            for broadcast, wrapped in SCENARIOS}
+
+
+@pytest.fixture
+def arq_stops(framework_stops):
+    return framework_stops["arq"]
 
 
 @pytest.mark.parametrize("broadcast", ["all", "group"])

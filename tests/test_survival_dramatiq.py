@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 from conftest import clean_env, wait_for
-from survival_helpers import BIN, LONG, SHORT, drill, finish, outcome_of, record, run_concurrently, stop_drill
+from survival_helpers import BIN, LONG, SHORT, drill, finish, outcome_of, record, scenarios_of, stop_drill
 
 pytest.importorskip("dramatiq")
 
@@ -78,12 +78,16 @@ def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool) -> tuple[
         broker.close()
 
 
-@pytest.fixture(scope="module")
-def dramatiq_stops(tmp_path_factory, redis_url):
-    return run_concurrently({
-        (broadcast, wrapped): (lambda b=broadcast, w=wrapped: stop_once(
-            tmp_path_factory.mktemp(f"dramatiq-{b}-{int(w)}"), redis_url, b, w))
-        for broadcast, wrapped in SCENARIOS})
+@scenarios_of("dramatiq")
+def dramatiq_scenarios(tmp_path_factory, redis_url: str) -> dict:
+    return {(broadcast, wrapped): (lambda b=broadcast, w=wrapped: stop_once(
+                tmp_path_factory.mktemp(f"dramatiq-{b}-{int(w)}"), redis_url, b, w))
+            for broadcast, wrapped in SCENARIOS}
+
+
+@pytest.fixture
+def dramatiq_stops(framework_stops):
+    return framework_stops["dramatiq"]
 
 
 @pytest.mark.parametrize("broadcast", ["all", "group"])

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 from conftest import clean_env, wait_for
-from survival_helpers import BIN, LONG, SHORT, drill, finish, outcome_of, record, run_concurrently, stop_drill
+from survival_helpers import BIN, LONG, SHORT, drill, finish, outcome_of, record, scenarios_of, stop_drill
 
 pytest.importorskip("huey")
 
@@ -77,12 +77,16 @@ def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool, kind: str
         app.huey.storage.flush_all()
 
 
-@pytest.fixture(scope="module")
-def huey_stops(tmp_path_factory, redis_url):
-    return run_concurrently({
-        scenario: (lambda s=scenario: stop_once(tmp_path_factory.mktemp("huey-" + "-".join(map(str, s))),
-                                                redis_url, *s))
-        for scenario in SCENARIOS})
+@scenarios_of("huey")
+def huey_scenarios(tmp_path_factory, redis_url: str) -> dict:
+    return {scenario: (lambda s=scenario: stop_once(tmp_path_factory.mktemp("huey-" + "-".join(map(str, s))),
+                                                    redis_url, *s))
+            for scenario in SCENARIOS}
+
+
+@pytest.fixture
+def huey_stops(framework_stops):
+    return framework_stops["huey"]
 
 
 @pytest.mark.parametrize("broadcast, kind", [("all", "thread"), ("group", "thread"), ("all", "process")],
