@@ -60,6 +60,10 @@ class Run:
         path = self.state / "ready.json"
         wait_for(lambda: path.exists() or self.proc.poll() is not None, timeout, "worker ready")
         assert path.exists(), f"worker never got ready: {self.stderr()}"
+        # graceshell logs its start once the worker runs (its logging is set
+        # up after the spawn): ready means both are.
+        wait_for(lambda: "graceshell.start" in self.stderr() or self.proc.poll() is not None, timeout,
+                 "graceshell.start")
         return json.loads(path.read_text())
 
     def signals(self, pid: int) -> list[tuple[str, float]]:

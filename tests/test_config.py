@@ -75,7 +75,7 @@ BAD = [
     (None, "worker: " + MARKER_CMD + "\n", None, ["run", "nosuch"], "no process type 'nosuch' (types: worker)"),
     (None, "worker: graceshell run worker\n", None, ["run", "worker"], "is `graceshell run worker` itself"),
     (None, None, None, ["run", "worker"], "Procfile: not found, so 'worker' is no process type"),
-    (None, "worker: graceshell run --bogus -- x\n", None, ["run", "worker"], "Procfile:1: unrecognized arguments: --bogus"),
+    (None, "worker: graceshell run --bogus -- x\n", None, ["run", "worker"], "Procfile:1: No such option '--bogus'"),
     (None, "worker: graceshell run web\n", None, ["run", "worker"], "Procfile:1: `graceshell run web` inside the"),
     (None, "worker: graceshell run --config x.yml -- a\n", None, ["run", "worker"],
      "Procfile:1: --config inside a Procfile line is not supported"),
@@ -84,9 +84,9 @@ BAD = [
     (None, None, "export A B\n", [], ".env:1: expected NAME=value"),
     (None, None, "A='unterminated\n", [], ".env:1: unterminated ' quote"),
     (None, None, None, ["-c", "missing.yml"], "missing.yml: config file not found"),
-    (None, None, None, ["--preset", "celry"], "argument --preset: unknown preset 'celry'"),
-    (None, None, None, ["--ladder", "QUIT@budget+1s"], "argument --ladder: offset 'budget+1s'"),
-    (None, None, None, ["--log-level", "loud"], "--log-level: 'loud' is not one of"),
+    (None, None, None, ["--preset", "celry"], "'--preset': unknown preset 'celry'"),
+    (None, None, None, ["--ladder", "QUIT@budget+1s"], "'--ladder': offset 'budget+1s'"),
+    (None, None, None, ["--log-level", "loud"], "'--log-level': 'loud' is not one of"),
 ]
 
 
