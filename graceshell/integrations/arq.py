@@ -43,6 +43,7 @@ import functools
 from arq.worker import Worker as _ArqWorker
 
 from graceshell import jobs, shutdown
+from graceshell.logs import logger_from_environment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,12 +93,26 @@ class Worker(_ArqWorker):
         return self._stop_under_graceshell(signum)
 
     def _stop_under_graceshell(self, signum: Signals) -> None:
+        name = getattr(signum, "name", str(signum))
         if shutdown.escalated():
+            self._graceshell_log().warning("graceshell.arq.cold_shutdown", signal=name, jobs=list(self.tasks),
+                                           requeued=bool(self.retry_jobs))
             super().handle_sig(signum)  # cancel the running jobs; arq retries them
         elif not self._graceshell_warm:
             self._graceshell_warm = True
             self._job_completion_wait = None  # no limit of arq's: graceshell's cold step ends the wait
             super().handle_sig_wait_for_completion(signum)
+        else:  # the platform's broadcast beside graceshell's own signal
+            self._graceshell_log().info("graceshell.arq.signal_ignored", signal=name,
+                                        reason="graceshell has not escalated: running jobs go on")
+
+    _graceshell_logger: Any = None
+
+    def _graceshell_log(self) -> Any:
+        """graceshell's own events, through structlog, beside arq's logging."""
+        if self._graceshell_logger is None:
+            self._graceshell_logger = logger_from_environment("arq")
+        return self._graceshell_logger
 
 
 def main() -> None:

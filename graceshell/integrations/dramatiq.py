@@ -34,6 +34,7 @@ Every message is recorded in the ledger while an actor runs it.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -41,6 +42,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 
 from graceshell import jobs, shutdown
+from graceshell.logs import logger_from_environment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -82,11 +84,17 @@ class GraceshellMiddleware(Middleware):
         if entry is not None:
             entry[1].__exit__(None, None, None)
 
-    def requeue_running(self) -> None:
-        """Put the messages in hand back on their queues; their entries stay."""
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def requeue_running(self) -> list[dict[str, Any]]:
+        """Put the messages in hand back on their queues; their entries stay.
+        Returns what became of each, for the log."""
         with self._lock:
             self._requeued = True
             running = list(self._running.values())
+        outcomes = []
         for message, _ in running:
             consumer = getattr(self.worker, "consumers", {}).get(message.queue_name)
             try:
@@ -94,26 +102,43 @@ class GraceshellMiddleware(Middleware):
                     raise LookupError(f"no consumer for queue {message.queue_name!r}")
                 consumer.requeue_messages([message])
                 jobs.update(message.message_id, interrupted=True, requeued=True)
+                outcomes.append({"id": message.message_id, "requeued": True})
             except Exception as exc:  # noqa: BLE001 - the process must still exit, and the report say why
                 jobs.update(message.message_id, interrupted=True, requeued=False, requeue_error=str(exc))
+                outcomes.append({"id": message.message_id, "requeued": False, "error": str(exc)})
+        return outcomes
 
 
 _middleware = GraceshellMiddleware()
 _dramatiq_term_handler: Any = None
 _warm_delivered = False
+_told_ignored = False  # the warm phase's ignored TERM is logged once per worker process
+_log: Any = None
+
+
+def _logger() -> Any:
+    global _log
+    if _log is None:
+        _log = logger_from_environment("dramatiq")
+    return _log
 
 
 def _term_in_worker_process(signum: int, frame: FrameType | None) -> None:
-    global _warm_delivered
+    global _warm_delivered, _told_ignored
     if shutdown.escalated():
-        _middleware.requeue_running()
+        _logger().warning("graceshell.dramatiq.cold_shutdown", pid=os.getpid(), messages=_middleware.requeue_running())
         if not _warm_delivered:
             _warm_delivered = True
             _dramatiq_term_handler(signum, frame)
         _dramatiq_term_handler(signum, frame)  # Dramatiq's second TERM: exit now
         return
     if _warm_delivered:
-        return  # the platform's broadcast, or the main process forwarding it: the warm shutdown goes on
+        # The platform's broadcast, or the main process forwarding it: the warm shutdown goes on.
+        if not _told_ignored:
+            _told_ignored = True
+            _logger().info("graceshell.dramatiq.term_ignored", pid=os.getpid(), messages=_middleware.running_ids(),
+                           reason="graceshell has not escalated: the warm shutdown goes on")
+        return
     _warm_delivered = True
     _dramatiq_term_handler(signum, frame)
 

@@ -36,6 +36,7 @@ Outside graceshell the consumer behaves exactly like Huey's.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -43,6 +44,7 @@ from huey import signals as huey_signals
 from huey.consumer import Consumer as _HueyConsumer
 
 from graceshell import jobs, shutdown
+from graceshell.logs import logger_from_environment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,6 +57,16 @@ _FINISHED = frozenset({huey_signals.SIGNAL_COMPLETE, huey_signals.SIGNAL_ERROR, 
                        huey_signals.SIGNAL_REVOKED, huey_signals.SIGNAL_EXPIRED})
 
 
+_log: Any = None
+
+
+def _logger() -> Any:
+    global _log
+    if _log is None:
+        _log = logger_from_environment("huey")
+    return _log
+
+
 class Consumer(_HueyConsumer):
     """Huey's consumer taking one graceful request however many stop
     signals arrive, until graceshell escalates."""
@@ -64,14 +76,20 @@ class Consumer(_HueyConsumer):
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
         if not shutdown.under_graceshell() or signum == getattr(signal, "SIGHUP", None):
             return super()._handle_signal(signum, frame)
+        name = signal.Signals(signum).name
         if shutdown.escalated():
+            _logger().warning("graceshell.huey.cold_shutdown", signal=name,
+                              tasks=[task.id for task in self.huey._tasks_in_flight])
             self._restart = False
             if self._graceful_stop_under_way:
                 raise KeyboardInterrupt  # Huey's own "shut down now" while it waits for the workers
             self._signum, self._graceful = self._interrupt_sig, False
             return None
-        if self._signum is None:  # repeats are the platform's broadcast: the graceful shutdown goes on
+        if self._signum is None:
             self._signum, self._restart, self._graceful = self._graceful_sig, False, True
+        else:  # the platform's broadcast beside graceshell's own signal: the graceful shutdown goes on
+            _logger().info("graceshell.huey.signal_ignored", signal=name,
+                           reason="graceshell has not escalated: the graceful shutdown goes on")
         return None
 
     def stop(self, graceful: bool = False) -> None:
@@ -111,8 +129,10 @@ class _Ledger:
         try:
             self.huey.enqueue(task)
             jobs.update(task.id, interrupted=True, requeued=True)
+            _logger().warning("graceshell.huey.requeued", task=task.id, name=task.name)
         except Exception as exc:  # noqa: BLE001 - the consumer must still exit, and the report say why
             jobs.update(task.id, interrupted=True, requeued=False, requeue_error=str(exc))
+            _logger().error("graceshell.huey.requeue_failed", task=task.id, name=task.name, error=str(exc))
 
 
 def _shield_process_worker() -> None:
@@ -129,6 +149,9 @@ def _shield_process_worker() -> None:
         def interrupt_once_escalated(number: int, frame: FrameType | None, huey_handler: Any = huey_handler) -> None:
             if shutdown.escalated():
                 huey_handler(number, frame)
+            else:
+                _logger().info("graceshell.huey.term_ignored", pid=os.getpid(),
+                               reason="graceshell has not escalated: the task in hand goes on")
 
         signal.signal(signum, interrupt_once_escalated)
 
