@@ -102,3 +102,20 @@ def test_dramatiq_survives_a_platform_stop(dramatiq_stops, broadcast, wrapped):
         assert orphan["id"] == ids["long"] and orphan["name"] == "work"
         assert orphan["requeued"] is True and orphan["interrupted"] is True
         assert result["survived"] is False  # a job did not fit: the drill says so
+
+
+def test_dramatiq_integration_leaves_other_processes_alone(tmp_path):
+    """A web process or script that imports the broker's module (and so the
+    integration) keeps its own SIGTERM and gets no middleware, even when it
+    runs under graceshell: only Dramatiq's worker processes are changed."""
+    import subprocess
+    import sys
+
+    (tmp_path / "survival_dramatiq.py").write_text(textwrap.dedent(APP))
+    probe = ("import signal, survival_dramatiq, dramatiq, graceshell.integrations.dramatiq; "
+             "print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "
+             "any(type(m).__name__ == 'GraceshellMiddleware' for m in dramatiq.get_broker().middleware))")
+    env = clean_env(REDIS_URL="redis://127.0.0.1:1/0", QUEUE="unused", PYTHONPATH=str(tmp_path),
+                    GRACESHELL_SHUTDOWN_FILE=str(tmp_path / "shutdown.json"))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["True", "False"], out.stderr
