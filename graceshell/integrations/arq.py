@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import signal
 
 from arq.worker import Worker as _ArqWorker
 
@@ -49,6 +50,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from signal import Signals
     from typing import Any
+
+
+def _is_stop_under_graceshell(signum: int) -> bool:
+    """A TERM or INT from the platform or graceshell, which this worker handles."""
+    return shutdown.under_graceshell() and signum in (signal.SIGTERM, signal.SIGINT)
 
 
 class Worker(_ArqWorker):
@@ -83,19 +89,20 @@ class Worker(_ArqWorker):
         return run
 
     def handle_sig(self, signum: Signals) -> None:
-        if not shutdown.under_graceshell():
-            return super().handle_sig(signum)
+        if not _is_stop_under_graceshell(signum):
+            return super().handle_sig(signum)  # also arq's own stops: close() and --watch send USR1
         return self._stop_under_graceshell(signum)
 
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
-        if not shutdown.under_graceshell():
+        if not _is_stop_under_graceshell(signum):
             return super().handle_sig_wait_for_completion(signum)
         return self._stop_under_graceshell(signum)
 
     def _stop_under_graceshell(self, signum: Signals) -> None:
         name = getattr(signum, "name", str(signum))
         if shutdown.escalated():
-            self._graceshell_log().warning("graceshell.arq.cold_shutdown", signal=name, jobs=list(self.tasks),
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            self._graceshell_log().warning("graceshell.arq.cold_shutdown", signal=name, jobs=running,
                                            requeued=bool(self.retry_jobs))
             super().handle_sig(signum)  # cancel the running jobs; arq retries them
         elif not self._graceshell_warm:

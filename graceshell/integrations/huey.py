@@ -79,7 +79,7 @@ class Consumer(_HueyConsumer):
         name = signal.Signals(signum).name
         if shutdown.escalated():
             _logger().warning("graceshell.huey.cold_shutdown", signal=name,
-                              tasks=[task.id for task in self.huey._tasks_in_flight])
+                              tasks=[task.id for task in list(self.huey._tasks_in_flight)])
             self._restart = False
             if self._graceful_stop_under_way:
                 raise KeyboardInterrupt  # Huey's own "shut down now" while it waits for the workers
