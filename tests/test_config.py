@@ -173,8 +173,8 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
     ("dramatiq", "dramatiq app", "dramatiq app graceshell.integrations.dramatiq --processes 2"),
     ("huey", "huey_consumer app.huey -w 4", "python -m graceshell.integrations.huey app.huey -w 4"),
     ("arq", "arq app.WorkerSettings", "sh -c 'exec python -m graceshell.integrations.arq $SETTINGS'"),
-])
-def test_check_says_whether_dramatiq_huey_arq_run_their_integration(tmp_path, preset, bare, integrated):
+], ids=["dramatiq", "huey", "arq"])
+def test_check_says_whether_the_command_runs_graceshells_integration(tmp_path, preset, bare, integrated):
     """On a broadcasting platform `check` names the integration the command lacks, or says it has it."""
     write(tmp_path, "Procfile", f"bare: {bare}\nintegrated: {integrated}\n")
     out = check_json(tmp_path, "--preset", preset, "--platform", "heroku")
