@@ -46,6 +46,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # --worker-shutdown-timeout (10 min), a second one is sys.exit(RET_KILLED).
     # The message in hand stays unacked (RedisBroker: redelivered only after
     # the 60 s heartbeat timeout), unless graceshell's middleware requeues it.
+    # No environment: Dramatiq reads its modules (and so graceshell's
+    # middleware module) from the command line only.
     Preset("dramatiq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
            "TERM lets the running actors finish; a second TERM 5 s before the end makes each worker process "
            "exit at once, and graceshell's middleware puts the messages in hand back first"),
@@ -55,6 +57,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # for the tasks in flight); stop(graceful=True) joins the workers for
     # -t (default: forever). Process workers (-k process) ignore INT and turn
     # TERM into KeyboardInterrupt in the task (ProcessEnvironment.init_child).
+    # No environment: huey_consumer takes its options from the command line.
     Preset("huey", (("INT", "0s"), ("TERM", "budget-5s")), {},
            "INT is Huey's graceful shutdown; TERM 5 s before the end is its immediate one, after which "
            "graceshell's integration requeues the interrupted tasks"),
@@ -63,6 +66,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # once, which are retried (retry_jobs, up to max_tries); with
     # job_completion_wait the first signal stops picking jobs and waits that
     # long before cancelling, and a repeated signal only starts another wait.
+    # No environment: arq reads its settings class only (arq/cli.py).
     Preset("arq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
            "TERM stops picking jobs (with job_completion_wait, or under graceshell's worker class); a second "
            "TERM 5 s before the end cancels the running jobs, which arq retries"),
