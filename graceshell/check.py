@@ -92,12 +92,40 @@ def warnings(plan: RunPlan) -> list[str]:
             "sidekiq": "Sidekiq runs its jobs in threads of one process, and that TERM starts its warm shutdown",
             "delayed_job": "graceshell's delayed_job integration (loaded by the preset) keeps that TERM from "
                            "aborting the job in hand, whatever raise_signal_exceptions says",
-        }.get(plan.preset, "its children must ignore that signal while a job finishes")
+        }.get(plan.preset) or _integration_advice(plan)
+        advice = advice or "its children must ignore that signal while a job finishes"
         choice = _WHO_GETS_THE_SIGNAL.get(plan.platform.name)
         found.append(f"{plan.platform.name} sends its stop signal to every process, the worker's children "
                      f"included{f' ({choice})' if choice else ''}: {advice}")
     found.extend(_sidekiq_timeout(plan))
     return found
+
+
+def _loads(argv: list[str], module: str) -> bool:
+    """The command names graceshell's integration module (also inside `sh -c '...'`)."""
+    return any(module in word.split() for word in argv)
+
+
+# The frameworks whose integration is on the command line: graceshell's
+# module, what the platform's broadcast does without it, and how to add it.
+_COMMAND_LINE_INTEGRATIONS = {
+    "dramatiq": ("graceshell.integrations.dramatiq", "a Dramatiq worker process takes a second TERM as 'exit now'",
+                 "add the module to Dramatiq's: dramatiq app graceshell.integrations.dramatiq"),
+    "huey": ("graceshell.integrations.huey", "Huey takes TERM as its immediate shutdown",
+             "run python -m graceshell.integrations.huey in place of huey_consumer "
+             "(or call graceshell.integrations.huey.install(huey))"),
+    "arq": ("graceshell.integrations.arq", "arq cancels its running jobs at the first TERM",
+            "run python -m graceshell.integrations.arq in place of arq"),
+}
+
+
+def _integration_advice(plan: RunPlan) -> str | None:
+    if plan.preset not in _COMMAND_LINE_INTEGRATIONS:
+        return None
+    module, without, how = _COMMAND_LINE_INTEGRATIONS[plan.preset]
+    if _loads(plan.argv, module):
+        return f"the command runs {module}, which takes one warm stop until graceshell escalates"
+    return f"{without}; {how}"
 
 
 SIDEKIQ_DEFAULT_TIMEOUT = 25.0  # lib/sidekiq.rb DEFAULTS[:timeout]

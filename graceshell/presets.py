@@ -51,9 +51,43 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "TERM stops fetching and lets running jobs finish; graceshell's Ruby file, loaded by the preset, "
            "sets Sidekiq's shutdown timeout to end 3 s before the budget and, at the second TERM (the cold "
            "step), has Sidekiq push unfinished jobs back to Redis at once"),
-    # resque 3.0 lib/resque/worker.rb: QUIT = finish the job; TERM =
-    # shutdown!, which with TERM_CHILD sends the child TERM (TermException)
-    # and SIGKILL after RESQUE_TERM_TIMEOUT (4 s).
+    # dramatiq 2.2 dramatiq/cli.py: main() sighandler forwards every TERM (and
+    # INT, as TERM) to each worker process; worker_process() termhandler: the
+    # first TERM stops the consumers and joins the worker threads for
+    # --worker-shutdown-timeout (10 min), a second one is sys.exit(RET_KILLED).
+    # The message in hand stays unacked (RedisBroker: redelivered only after
+    # the 60 s heartbeat timeout), unless graceshell's middleware requeues it.
+    # No environment: Dramatiq reads its modules (and so graceshell's
+    # middleware module) from the command line only.
+    Preset("dramatiq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
+           "TERM lets the running actors finish; a second TERM 5 s before the end makes each worker process "
+           "exit at once, and graceshell's middleware puts the messages in hand back first"),
+    # huey 3.5 huey/consumer.py Consumer.__init__ and _handle_signal: the
+    # graceful signal is INT (huey_consumer -g), TERM is immediate (the
+    # consumer exits, thread workers die with it, SIGNAL_INTERRUPTED is sent
+    # for the tasks in flight); stop(graceful=True) joins the workers for
+    # -t (default: forever). Process workers (-k process) ignore INT and turn
+    # TERM into KeyboardInterrupt in the task (ProcessEnvironment.init_child).
+    # No environment: huey_consumer takes its options from the command line.
+    Preset("huey", (("INT", "0s"), ("TERM", "budget-5s")), {},
+           "INT is Huey's graceful shutdown; TERM 5 s before the end is its immediate one, after which "
+           "graceshell's integration requeues the interrupted tasks"),
+    # arq 0.28 arq/worker.py Worker.__init__, handle_sig and
+    # handle_sig_wait_for_completion: TERM or INT cancels running jobs at
+    # once, which are retried (retry_jobs, up to max_tries); with
+    # job_completion_wait the first signal stops picking jobs and waits that
+    # long before cancelling, and a repeated signal only starts another wait.
+    # No environment: arq reads its settings class only (arq/cli.py).
+    Preset("arq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
+           "TERM stops picking jobs (with job_completion_wait, or under graceshell's worker class); a second "
+           "TERM 5 s before the end cancels the running jobs, which arq retries"),
+    # resque 3.0.0 lib/resque/worker.rb (verified against source, not run):
+    # QUIT = shutdown (l.430), which sets @shutdown (l.466-471) so the work
+    # loop ends after the current job (l.265); TERM = shutdown! (l.426,
+    # without GRACEFUL_TERM, l.160), which with TERM_CHILD (l.159) runs
+    # new_kill_child (l.475-479): TERM to the child (l.579), whose handler
+    # raises TermException (l.445-451, installed at fork l.950), and KILL
+    # after RESQUE_TERM_TIMEOUT, default 4 s (l.158, l.581-585).
     Preset("resque", (("QUIT", "0s"), ("TERM", "budget-6s")), {"TERM_CHILD": "1"},
            "QUIT finishes the current job; TERM 6 s before the end gives the job a TermException and "
            "Resque 4 s to kill its child"),

@@ -9,10 +9,7 @@ the platform's SIGKILL. Bare runs are recorded, not asserted: they are the
 problem graceshell exists for, and the table they make is in the README.
 """
 
-import json
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -20,50 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import clean_env, wait_for
+from survival_helpers import BIN, LONG, SHORT, drill, finish, record, stop_drill
 
 pytest.importorskip("celery")
 pytest.importorskip("rq")
-
-BIN = Path(sys.executable).parent
-PLATFORM = ["--platform", "heroku", "--platform-timeout", "10s"]  # budget 8s; cold step at 3s
-SHORT, LONG = 1.5, 60.0
-SURVIVAL: list[dict] = []  # printed by conftest's terminal summary
-
-
-def drill(tmp: Path, args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "graceshell", "drill", *PLATFORM, "--json",
-                             "--when-ready", str(tmp / "ready.flag"), *args],
-                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-
-
-def stop_drill(proc: subprocess.Popen) -> None:
-    """On a failure, the drill and every worker process under it: none may outlive the test."""
-    import psutil
-
-    if proc.poll() is not None:
-        return
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for each in procs:
-        try:
-            each.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
-
-
-def finish(proc: subprocess.Popen) -> dict:
-    out, _ = proc.communicate(timeout=90)
-    return json.loads(out)
-
-
-def record(framework: str, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
-    SURVIVAL.append({"framework": framework, "broadcast": broadcast,
-                     "setup": "graceshell + preset" if wrapped else "bare", **fates,
-                     "platform_sigkill": bool(result["platform_killed"])})
-
 
 # -- Celery ---------------------------------------------------------------------------------
 
