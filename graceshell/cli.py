@@ -211,8 +211,8 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                      help="env file for the worker, repeatable (default: ./.env when present); the real "
                           "environment wins"),
         click.option("--preset", metavar="NAME", type=_PresetName(),
-                     help="worker preset: generic, celery, rq, sidekiq, resque, delayed_job, gunicorn, uvicorn, "
-                          "... (see the README)"),
+                     help="worker preset: generic, celery, rq, dramatiq, huey, arq, sidekiq, resque, delayed_job, "
+                          "gunicorn, uvicorn (default: generic)"),
         click.option("--platform", metavar="NAME", type=_PlatformName(),
                      help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, systemd, docker, none "
                           "(default: detected)"),
