@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from graceshell.resolve import Sources
     from graceshell.settings import Setting
 
+# Platforms that broadcast by default but let the deployment choose graceshell
+# alone as the receiver, and how.
+_WHO_GETS_THE_SIGNAL = {
+    "systemd": "with the default KillMode=control-group; KillMode=mixed in the unit sends it to graceshell alone",
+}
 SHORT_GRACE = 10.0  # seconds: below this, say loudly that there is little room for a warm stop
 BUILT_IN = "built-in"
 
@@ -76,7 +81,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
         "warnings": (_short_reserve(plan, floor, settings["budget"].origin if "budget" in settings else None)
-                     if uses_reserve and not errors else []) + warnings(plan),
+                     if uses_reserve and not errors else []) + warnings(plan) + _ruby_integration(plan, settings,
+                                                                                                  environ),
         "errors": errors,
     }
 
@@ -175,32 +181,103 @@ def warnings(plan: RunPlan) -> list[str]:
                       "(`celery graceshell` says so); else import graceshell.integrations.celery in the app",
             "rq": "the rq preset runs graceshell.integrations.rq.Worker (unless -w or $RQ_WORKER_CLASS says "
                   "otherwise)",
-        }.get(plan.preset, "its children must ignore that signal while a job finishes")
+            "sidekiq": "Sidekiq runs its jobs in threads of one process, and that TERM starts its warm shutdown",
+            "delayed_job": "graceshell's delayed_job integration (loaded by the preset) keeps that TERM from "
+                           "aborting the job in hand, whatever raise_signal_exceptions says",
+        }.get(plan.preset) or _integration_advice(plan)
+        advice = advice or "its children must ignore that signal while a job finishes"
+        choice = _WHO_GETS_THE_SIGNAL.get(plan.platform.name)
         found.append(f"{plan.platform.name} sends its stop signal to every process, the worker's children "
-                     f"included: {advice}")
+                     f"included{f' ({choice})' if choice else ''}: {advice}")
     found.extend(_sidekiq_timeout(plan))
     return found
 
 
+def _loads(argv: list[str], module: str) -> bool:
+    """The command names graceshell's integration module (also inside `sh -c '...'`)."""
+    return any(module in word.split() for word in argv)
+
+
+# The frameworks whose integration is on the command line: graceshell's
+# module, what the platform's broadcast does without it, and how to add it.
+_COMMAND_LINE_INTEGRATIONS = {
+    "dramatiq": ("graceshell.integrations.dramatiq", "a Dramatiq worker process takes a second TERM as 'exit now'",
+                 "add the module to Dramatiq's: dramatiq app graceshell.integrations.dramatiq"),
+    "huey": ("graceshell.integrations.huey", "Huey takes TERM as its immediate shutdown",
+             "run python -m graceshell.integrations.huey in place of huey_consumer "
+             "(or call graceshell.integrations.huey.install(huey))"),
+    "arq": ("graceshell.integrations.arq", "arq cancels its running jobs at the first TERM",
+            "run python -m graceshell.integrations.arq in place of arq"),
+}
+
+
+def _integration_advice(plan: RunPlan) -> str | None:
+    if plan.preset not in _COMMAND_LINE_INTEGRATIONS:
+        return None
+    module, without, how = _COMMAND_LINE_INTEGRATIONS[plan.preset]
+    if _loads(plan.argv, module):
+        return f"the command runs {module}, which takes one warm stop until graceshell escalates"
+    return f"{without}; {how}"
+
+
+SIDEKIQ_DEFAULT_TIMEOUT = 25.0  # lib/sidekiq.rb DEFAULTS[:timeout]
+SIDEKIQ_ENSURE_GRACE = 3.0  # Manager#hard_shutdown: after the requeue, up to 3 s for `ensure` blocks
+
+
 def _sidekiq_timeout(plan: RunPlan) -> list[str]:
-    """Sidekiq pushes unfinished jobs back at its own -t; that must end 8 s before the KILL."""
+    """A -t of the user's own is kept by graceshell's Sidekiq integration: it
+    must end 3 s before the KILL (without -t the integration fits it)."""
     if plan.preset != "sidekiq":
         return []
     words = plan.argv[2:] if plan.argv[:2] == ["sh", "-c"] else plan.argv
-    if len(words) == 1 and words[0].startswith("exec "):
-        words = shlex.split(words[0])
-    timeout = 25.0  # Sidekiq's default
+    if len(words) == 1:
+        words = shlex.split(words[0].removeprefix("exec "))
+    timeout = None
     for index, word in enumerate(words):
+        value = None
         if word in ("-t", "--timeout") and index + 1 < len(words):
+            value = words[index + 1]
+        elif word.startswith("--timeout="):
+            value = word.partition("=")[2]
+        elif word.startswith("-t") and word[2:].isdigit():
+            value = word[2:]
+        if value is not None:
             try:
-                timeout = float(words[index + 1])
+                timeout = float(value)
             except ValueError:
                 return []
-    room = plan.ladder[-1].at - 8.0
-    if timeout > room:
-        return [f"sidekiq's -t {format_duration(timeout)} does not fit: with a budget of "
-                f"{format_duration(plan.ladder[-1].at)} use -t {format_duration(max(room, 0.0))} or less, "
-                "so Sidekiq can requeue its jobs before the kill"]
+    budget = plan.ladder[-1].at
+    room = budget - SIDEKIQ_ENSURE_GRACE
+    if timeout is None or timeout <= room:
+        return []
+    cold = [step.at for step in plan.ladder[1:-1]]
+    cut = (f"graceshell's cold step at {format_duration(cold[0])} cuts it short and Sidekiq pushes the jobs back "
+           "then" if cold and cold[0] <= room else "the jobs still running may be lost to the kill")
+    return [f"sidekiq's -t {format_duration(timeout)} does not fit a budget of {format_duration(budget)}: {cut}; "
+            f"use -t {int(max(room, 0.0))} or less, or leave -t out and graceshell fits it to the budget"]
+
+
+# The presets whose integration is a Ruby file loaded through RUBYOPT.
+RUBY_INTEGRATIONS = {"sidekiq": "ruby/sidekiq.rb", "delayed_job": "ruby/delayed_job.rb"}
+
+
+def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
+    """A RUBYOPT of the user's own replaces the preset's, and with it the
+    integration; Ruby splits RUBYOPT at spaces, so its path must have none."""
+    file = RUBY_INTEGRATIONS.get(plan.preset)
+    if file is None:
+        return []
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", file)
+    if any(char.isspace() for char in path):
+        return [f"graceshell is installed under a path with a space ({path}): Ruby splits RUBYOPT at spaces and "
+                f"cannot load graceshell's {plan.preset} integration; install graceshell elsewhere"]
+    for value, origin in ((environ.get("RUBYOPT"), "the environment"),
+                          ((plan.env or {}).get("RUBYOPT"), _from(settings, "env"))):
+        if value is not None and file not in value:
+            return [f"RUBYOPT from {origin} replaces the {plan.preset} preset's, so graceshell's {plan.preset} "
+                    f"integration is not loaded: add -r{path} to it"]
     return []
 
 

@@ -211,8 +211,8 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                      help="env file for the worker, repeatable (default: ./.env when present); the real "
                           "environment wins"),
         click.option("--preset", metavar="NAME", type=_PresetName(),
-                     help="worker preset: generic, celery, rq, sidekiq, resque, delayed_job, gunicorn, uvicorn, "
-                          "... (see the README)"),
+                     help="worker preset: generic, celery, rq, dramatiq, huey, arq, sidekiq, resque, delayed_job, "
+                          "gunicorn, uvicorn (default: generic)"),
         click.option("--platform", metavar="NAME", type=_PlatformName(),
                      help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, systemd, docker, none "
                           "(default: detected)"),
@@ -502,6 +502,9 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _fail(_usage_line(exc), USAGE_EXIT)
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
-    except click.Abort:
-        _fail("aborted", 1)
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C before graceshell took over its signals
+        _fail("interrupted", 130)
+    except BrokenPipeError:  # `graceshell check | head -1`: the reader has all it wanted
+        sys.stderr.close()
+        os._exit(0)
     sys.exit(code if isinstance(code, int) else 0)

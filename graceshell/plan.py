@@ -167,6 +167,9 @@ def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "js
         argv += ["--env", file]
     if plan.platform_timeout is not None:
         argv += ["--platform-timeout", f"{plan.platform_timeout}s"]
+    if plan.preset != "generic":
+        # Its environment (RQ_WORKER_CLASS, RUBYOPT): the ladder below wins over its ladder.
+        argv += ["--preset", plan.preset]
     steps = [f"{signal_name(step.signal)}@{step.at}s" for step in plan.ladder if step.signal is not None]
     if steps:
         argv += ["--ladder", ",".join(steps)]

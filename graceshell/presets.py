@@ -1,7 +1,9 @@
 """Worker presets: how each job framework wants to be stopped, as data.
 
 A preset is a ladder whose offsets are relative to the budget, plus the
-signals to remap and environment it sets. Each row says why, with the place
+signals to remap and environment it sets. In that environment
+`{integrations}` stands for the installed graceshell/integrations directory
+(the Ruby presets load a file from it through RUBYOPT). Each row says why, with the place
 in the framework's own source where the behaviour is defined.
 
 A cold step written `budget-reserve` moves with the budget: it comes
@@ -61,22 +63,64 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "TERM finishes the current job; a second TERM at the cold reserve before the end is the cold "
            "shutdown, which graceshell's RQ worker class (set by the preset) turns into a requeue of the job",
            cold_floor=2.0, cold_why="RQ's cold shutdown, 0.15-1.6s measured, with margin"),
-    # sidekiq 8.1 lib/sidekiq/cli.rb: TSTP = quiet, TERM = stop within -t
-    # (default 25 s), then bulk_requeue of unfinished jobs plus 3 s for ensure.
-    Preset("sidekiq", (("TSTP", "0s"), ("TERM", "0s")), {},
-           "TSTP stops fetching, TERM shuts down within Sidekiq's -t, which must end 8 s before the budget "
-           "so Sidekiq can push unfinished jobs back itself"),
-    # resque 3.0 lib/resque/worker.rb: QUIT = finish the job; TERM =
-    # shutdown!, which with TERM_CHILD sends the child TERM (TermException)
-    # and SIGKILL after RESQUE_TERM_TIMEOUT (4 s).
+    # sidekiq 6.4 lib/sidekiq/cli.rb, launcher.rb, manager.rb: TERM = quiet,
+    # wait up to -t (default 25 s) for running jobs, then bulk_requeue the rest
+    # and wait up to 3 s for their `ensure` blocks. graceshell's Ruby file
+    # (RUBYOPT) fits that timeout to the budget and requeues at the cold step.
+    Preset("sidekiq", (("TERM", "0s"), ("TERM", "budget-3s")),
+           {"RUBYOPT": "-r{integrations}/ruby/sidekiq.rb"},
+           "TERM stops fetching and lets running jobs finish; graceshell's Ruby file, loaded by the preset, "
+           "sets Sidekiq's shutdown timeout to end 3 s before the budget and, at the second TERM (the cold "
+           "step), has Sidekiq push unfinished jobs back to Redis at once"),
+    # dramatiq 2.2 dramatiq/cli.py: main() sighandler forwards every TERM (and
+    # INT, as TERM) to each worker process; worker_process() termhandler: the
+    # first TERM stops the consumers and joins the worker threads for
+    # --worker-shutdown-timeout (10 min), a second one is sys.exit(RET_KILLED).
+    # The message in hand stays unacked (RedisBroker: redelivered only after
+    # the 60 s heartbeat timeout), unless graceshell's middleware requeues it.
+    # No environment: Dramatiq reads its modules (and so graceshell's
+    # middleware module) from the command line only.
+    Preset("dramatiq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
+           "TERM lets the running actors finish; a second TERM 5 s before the end makes each worker process "
+           "exit at once, and graceshell's middleware puts the messages in hand back first"),
+    # huey 3.5 huey/consumer.py Consumer.__init__ and _handle_signal: the
+    # graceful signal is INT (huey_consumer -g), TERM is immediate (the
+    # consumer exits, thread workers die with it, SIGNAL_INTERRUPTED is sent
+    # for the tasks in flight); stop(graceful=True) joins the workers for
+    # -t (default: forever). Process workers (-k process) ignore INT and turn
+    # TERM into KeyboardInterrupt in the task (ProcessEnvironment.init_child).
+    # No environment: huey_consumer takes its options from the command line.
+    Preset("huey", (("INT", "0s"), ("TERM", "budget-5s")), {},
+           "INT is Huey's graceful shutdown; TERM 5 s before the end is its immediate one, after which "
+           "graceshell's integration requeues the interrupted tasks"),
+    # arq 0.28 arq/worker.py Worker.__init__, handle_sig and
+    # handle_sig_wait_for_completion: TERM or INT cancels running jobs at
+    # once, which are retried (retry_jobs, up to max_tries); with
+    # job_completion_wait the first signal stops picking jobs and waits that
+    # long before cancelling, and a repeated signal only starts another wait.
+    # No environment: arq reads its settings class only (arq/cli.py).
+    Preset("arq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
+           "TERM stops picking jobs (with job_completion_wait, or under graceshell's worker class); a second "
+           "TERM 5 s before the end cancels the running jobs, which arq retries"),
+    # resque 3.0.0 lib/resque/worker.rb (verified against source, not run):
+    # QUIT = shutdown (l.430), which sets @shutdown (l.466-471) so the work
+    # loop ends after the current job (l.265); TERM = shutdown! (l.426,
+    # without GRACEFUL_TERM, l.160), which with TERM_CHILD (l.159) runs
+    # new_kill_child (l.475-479): TERM to the child (l.579), whose handler
+    # raises TermException (l.445-451, installed at fork l.950), and KILL
+    # after RESQUE_TERM_TIMEOUT, default 4 s (l.158, l.581-585).
     Preset("resque", (("QUIT", "0s"), ("TERM", "budget-6s")), {"TERM_CHILD": "1"},
            "QUIT finishes the current job; TERM 6 s before the end gives the job a TermException and "
            "Resque 4 s to kill its child"),
-    # delayed_job 4.2 lib/delayed/worker.rb: INT and TERM = exit after the
-    # job; with raise_signal_exceptions = :term, TERM aborts and reschedules.
-    Preset("delayed_job", (("INT", "0s"), ("TERM", "budget-5s")), {},
-           "INT finishes the current job; TERM 5 s before the end aborts and reschedules it when "
-           "raise_signal_exceptions is :term (otherwise it is harmless)"),
+    # delayed_job 4.1 lib/delayed/worker.rb: INT and TERM = exit after the
+    # job; a killed worker leaves its job locked until max_run_time.
+    # graceshell's Ruby file (RUBYOPT) keeps the warm phase warm whatever
+    # raise_signal_exceptions says and aborts the job at the cold TERM.
+    Preset("delayed_job", (("INT", "0s"), ("TERM", "budget-3s")),
+           {"RUBYOPT": "-r{integrations}/ruby/delayed_job.rb"},
+           "INT finishes the current job; TERM 3 s before the end aborts it, and delayed_job reschedules it "
+           "and releases its lock (graceshell's Ruby file, loaded by the preset, does that without "
+           "raise_signal_exceptions and keeps the platform's own TERM from aborting a job earlier)"),
     # gunicorn 26 gunicorn/arbiter.py: TERM = graceful (graceful_timeout),
     # INT/QUIT = quick; INT during a graceful stop switches to quick.
     Preset("gunicorn", (("TERM", "0s"), ("INT", "budget-3s")), {},
@@ -86,6 +130,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("uvicorn", (("TERM", "0s"), ("INT", "budget-3s")), {},
            "TERM drains connections; INT 3 s before the end is the only signal that forces Uvicorn out"),
 )}
+
+
+def _package_paths(value: str) -> str:
+    """`{integrations}` in a preset's environment: where graceshell's
+    integrations are installed (the Ruby files are package data)."""
+    if "{integrations}" not in value:
+        return value
+    import os
+
+    return value.replace("{integrations}", os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations"))
 
 
 def preset_layer(name: str) -> dict[str, Setting]:
@@ -98,7 +152,7 @@ def preset_layer(name: str) -> dict[str, Setting]:
         layer["ladder"] = Setting(specs, Origin(f"preset {name}", [f"preset {name} step {i + 1}"
                                                                     for i in range(len(specs))]))
     if preset.env:
-        layer["env"] = Setting(dict(preset.env), origin)
+        layer["env"] = Setting({key: _package_paths(value) for key, value in preset.env.items()}, origin)
     if preset.cold_floor is not None:
         layer["cold_floor"] = Setting(preset.cold_floor, Origin(f"preset {name}: {preset.cold_why}"
                                                                 if preset.cold_why else f"preset {name}"))

@@ -127,7 +127,7 @@ class Supervisor:
         self.ledger = Ledger()
         # Files (preset, graceshell.yml, .env) set defaults; the real environment
         # wins; the ledger's paths are this run's own.
-        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment(),
+        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment(self.plan.budget),
                # The integrations inside the worker log the way graceshell does.
                LOG_FORMAT_ENV: self.log_format, LOG_LEVEL_ENV: self.log_level}
         self.pid = tree.spawn_worker(self.plan.argv, env, self.caught | _PYTHON_IGNORES)
@@ -182,6 +182,7 @@ class Supervisor:
             selector.register(watch, selectors.EVENT_READ)
             # A job may have started while the watch was being set up.
             self._update_busy(time.monotonic())
+        self._prepare_notice()
         while True:
             for key, _ in selector.select(self._timeout()):
                 if key.fd == wakeup:
@@ -264,6 +265,7 @@ class Supervisor:
                 self.log.info("graceshell.signal", signal=name, action="stop", budget_s=self.plan.budget)
                 self._escalate_leftovers(now)
             tree.warm_up()  # after the worker has its signal: later steps must be on time
+            self._prepare_notice()  # for the escalation's notice
             return
         self._on_repeat_stop(signum, now)
 
@@ -313,6 +315,15 @@ class Supervisor:
             self.ledger.write_notice(self.notice)
         except OSError as exc:  # a full disk must not stop the stop
             self.log.error("graceshell.notice_failed", error=str(exc))
+
+    def _prepare_notice(self) -> None:
+        """The next notice's file, opened while nothing is waiting on graceshell."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.prepare_notice()
+        except OSError as exc:  # the notice is written the slow way at the stop, or reported then
+            self.log.debug("graceshell.notice_prepare_failed", error=str(exc))
 
     # -- busy state -------------------------------------------------------------
 
@@ -368,6 +379,8 @@ class Supervisor:
         if index:
             self._note_escalation(index)
         delivered = self._send_main(sent)
+        if index:
+            self._prepare_notice()
         if log_stop is not None:  # the stop's own event, written once the worker has its signal
             self.log.info("graceshell.signal", signal=log_stop, action="stop", budget_s=self.plan.budget,
                           ladder=describe(self.plan.ladder, self.first_signal))

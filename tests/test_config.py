@@ -152,9 +152,12 @@ def test_precedence_flags_section_defaults_preset_platform(tmp_path):
     ("generic", [("(as received)", 0.0), ("KILL", 25.0)]),
     ("celery", [("TERM", 0.0), ("QUIT", 20.0), ("KILL", 25.0)]),
     ("rq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
-    ("sidekiq", [("TSTP", 0.0), ("TERM", 0.0), ("KILL", 25.0)]),
+    ("sidekiq", [("TERM", 0.0), ("TERM", 22.0), ("KILL", 25.0)]),
+    ("dramatiq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("huey", [("INT", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("arq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
     ("resque", [("QUIT", 0.0), ("TERM", 19.0), ("KILL", 25.0)]),
-    ("delayed_job", [("INT", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("delayed_job", [("INT", 0.0), ("TERM", 22.0), ("KILL", 25.0)]),
     ("gunicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
     ("uvicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
 ])
@@ -164,6 +167,22 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
     assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == ladder
     if preset == "resque":
         assert entry["env"]["value"] == ["TERM_CHILD"]
+    if preset in ("sidekiq", "delayed_job"):
+        assert entry["env"]["value"] == ["RUBYOPT"]
+
+
+@pytest.mark.parametrize("preset, bare, integrated", [
+    ("dramatiq", "dramatiq app", "dramatiq app graceshell.integrations.dramatiq --processes 2"),
+    ("huey", "huey_consumer app.huey -w 4", "python -m graceshell.integrations.huey app.huey -w 4"),
+    ("arq", "arq app.WorkerSettings", "sh -c 'exec python -m graceshell.integrations.arq $SETTINGS'"),
+], ids=["dramatiq", "huey", "arq"])
+def test_check_says_whether_the_command_runs_graceshells_integration(tmp_path, preset, bare, integrated):
+    """On a broadcasting platform `check` names the integration the command lacks, or says it has it."""
+    write(tmp_path, "Procfile", f"bare: {bare}\nintegrated: {integrated}\n")
+    out = check_json(tmp_path, "--preset", preset, "--platform", "heroku")
+    warnings = {entry["process"]: " ".join(entry["warnings"]) for entry in out["processes"]}
+    assert f"graceshell.integrations.{preset}" in warnings["bare"] and "the command runs" not in warnings["bare"]
+    assert f"the command runs graceshell.integrations.{preset}" in warnings["integrated"]
 
 
 # (platform, timeout flag, preset): the cold step scales with the budget and

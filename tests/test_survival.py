@@ -15,7 +15,6 @@ of a scenario run side by side and are stopped at the same moment: the
 drills share one --when-ready file.
 """
 
-import json
 import subprocess
 import sys
 import textwrap
@@ -25,45 +24,14 @@ from typing import Any
 import pytest
 
 from conftest import clean_env, wait_for
+from survival_helpers import BIN, LONG, SHORT, SURVIVAL, drill, finish, stop_drill
 
 pytest.importorskip("celery")
 pytest.importorskip("rq")
 
-BIN = Path(sys.executable).parent
 # platform timeout -> the job that must complete when it is running at the stop
-SHORT = {10: 1.5, 8: 3.0, 5: 1.5}
-LONG = 60.0
-SURVIVAL: list[dict] = []  # printed by conftest's terminal summary
+SHORT_AT = {10: SHORT, 8: 3.0, 5: 1.5}
 DRILL_STDERR = subprocess.DEVNULL  # the workers' output and graceshell's log; a file to read them
-
-
-def drill(tmp: Path, timeout: int, args: list[str], env: dict, ready: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "graceshell", "drill", "--platform", "heroku",
-                             "--platform-timeout", f"{timeout}s", "--json", "--when-ready", str(ready), *args],
-                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=DRILL_STDERR)
-
-
-def stop_drill(proc: subprocess.Popen) -> None:
-    """On a failure, the drill and every worker process under it: none may outlive the test."""
-    import psutil
-
-    if proc.poll() is not None:
-        return
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for each in procs:
-        try:
-            each.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
-
-
-def finish(proc: subprocess.Popen) -> dict:
-    out, _ = proc.communicate(timeout=90)
-    return json.loads(out)
 
 
 def cold_shutdown_s(result: dict) -> float | str | None:
@@ -79,8 +47,8 @@ def cold_shutdown_s(result: dict) -> float | str | None:
 
 
 def record(framework: str, timeout: int, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
-    SURVIVAL.append({"framework": framework, "timeout": timeout, "broadcast": broadcast,
-                     "setup": "graceshell + preset" if wrapped else "bare", **fates,
+    SURVIVAL.append({"framework": framework, "broadcast": broadcast,
+                     "setup": "graceshell + preset" if wrapped else "bare", "platform timeout": f"{timeout}s", **fates,
                      "cold shutdown s": cold_shutdown_s(result),
                      "graceshell's KILL": result["outcome"] == "killed",
                      "platform_sigkill": bool(result["platform_killed"])})
@@ -129,7 +97,7 @@ class CeleryRun:
         args = ["--broadcast", broadcast, "--preset", "celery", *([] if wrapped else ["--no-wrap"]), "--",
                 str(BIN / "celery"), "-A", module, "worker", "--pool", "prefork", "-c", "2",
                 "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info", "-Q", self.queue]
-        self.proc = drill(tmp, timeout, args, env, ready)
+        self.proc = drill(tmp, args, env, timeout=timeout, ready=ready, stderr=DRILL_STDERR)
         saved = {key: os.environ.get(key) for key in variables}
         os.environ.update(variables)  # read by the app's module, imported here to send the tasks
         sys.path.insert(0, str(tmp))
@@ -143,7 +111,7 @@ class CeleryRun:
                 else:
                     os.environ[key] = value
         self.redis = Redis.from_url(redis_url)
-        self.lengths = {"short": SHORT[timeout], "long": LONG}
+        self.lengths = {"short": SHORT_AT[timeout], "long": LONG}
         self.sent: dict[str, Any] = {}
 
     def send(self, which: str) -> None:
@@ -216,7 +184,7 @@ class RQRun:
         env = clean_env(PYTHONPATH=str(tmp), MARKS_DIR=str(self.marks))
         args = ["--broadcast", broadcast, "--preset", "rq", *([] if wrapped else ["--no-wrap"]), "--",
                 str(BIN / "rq"), "worker", "--url", redis_url, queue_name]
-        self.proc = drill(tmp, timeout, args, env, ready)
+        self.proc = drill(tmp, args, env, timeout=timeout, ready=ready, stderr=DRILL_STDERR)
         self.redis = Redis.from_url(redis_url)
         self.queue = Queue(queue_name, connection=self.redis)
         self.which, self.length = ("long" if length == LONG else "short"), length
@@ -252,7 +220,7 @@ def run_together(tmp: Path, redis_url: str, timeout: int, broadcast: str, wrappe
     runs: list[CeleryRun | RQRun] = []
     try:
         for make in (lambda d: CeleryRun(d, redis_url, timeout, broadcast, wrapped, ready),
-                     lambda d: RQRun(d, redis_url, timeout, broadcast, wrapped, ready, SHORT[timeout]),
+                     lambda d: RQRun(d, redis_url, timeout, broadcast, wrapped, ready, SHORT_AT[timeout]),
                      lambda d: RQRun(d, redis_url, timeout, broadcast, wrapped, ready, LONG)):
             workdir = tmp / f"run{len(runs)}"
             workdir.mkdir()
