@@ -80,9 +80,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # the 60 s heartbeat timeout), unless graceshell's middleware requeues it.
     # No environment: Dramatiq reads its modules (and so graceshell's
     # middleware module) from the command line only.
-    Preset("dramatiq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
-           "TERM lets the running actors finish; a second TERM 5 s before the end makes each worker process "
-           "exit at once, and graceshell's middleware puts the messages in hand back first"),
+    Preset("dramatiq", (("TERM", "0s"), ("TERM", "budget-reserve")), {},
+           "TERM lets the running actors finish; a second TERM at the cold reserve before the end makes each "
+           "worker process exit at once, and graceshell's middleware puts the messages in hand back first",
+           cold_floor=2.0, cold_why="Dramatiq's cold shutdown, under 1s in the end-to-end tests, with margin"),
     # huey 3.5 huey/consumer.py Consumer.__init__ and _handle_signal: the
     # graceful signal is INT (huey_consumer -g), TERM is immediate (the
     # consumer exits, thread workers die with it, SIGNAL_INTERRUPTED is sent
@@ -90,18 +91,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # -t (default: forever). Process workers (-k process) ignore INT and turn
     # TERM into KeyboardInterrupt in the task (ProcessEnvironment.init_child).
     # No environment: huey_consumer takes its options from the command line.
-    Preset("huey", (("INT", "0s"), ("TERM", "budget-5s")), {},
-           "INT is Huey's graceful shutdown; TERM 5 s before the end is its immediate one, after which "
-           "graceshell's integration requeues the interrupted tasks"),
+    Preset("huey", (("INT", "0s"), ("TERM", "budget-reserve")), {},
+           "INT is Huey's graceful shutdown; TERM at the cold reserve before the end is its immediate one, "
+           "after which graceshell's integration requeues the interrupted tasks",
+           cold_floor=2.0, cold_why="Huey's cold shutdown, under 1s in the end-to-end tests, with margin"),
     # arq 0.28 arq/worker.py Worker.__init__, handle_sig and
     # handle_sig_wait_for_completion: TERM or INT cancels running jobs at
     # once, which are retried (retry_jobs, up to max_tries); with
     # job_completion_wait the first signal stops picking jobs and waits that
     # long before cancelling, and a repeated signal only starts another wait.
     # No environment: arq reads its settings class only (arq/cli.py).
-    Preset("arq", (("TERM", "0s"), ("TERM", "budget-5s")), {},
+    Preset("arq", (("TERM", "0s"), ("TERM", "budget-reserve")), {},
            "TERM stops picking jobs (with job_completion_wait, or under graceshell's worker class); a second "
-           "TERM 5 s before the end cancels the running jobs, which arq retries"),
+           "TERM at the cold reserve before the end cancels the running jobs, which arq retries",
+           cold_floor=2.0, cold_why="arq's cold shutdown, under 1s in the end-to-end tests, with margin"),
     # resque 3.0.0 lib/resque/worker.rb (verified against source, not run):
     # QUIT = shutdown (l.430), which sets @shutdown (l.466-471) so the work
     # loop ends after the current job (l.265); TERM = shutdown! (l.426,

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import clean_env, wait_for
-from test_survival import SURVIVAL, stop_drill
+from survival_helpers import SURVIVAL, stop_drill
 
 SHORT, LONG = 3.0, 60.0
 READY_TIMEOUT = 120.0  # Ruby boots slowly when every scenario starts at once on a busy machine
