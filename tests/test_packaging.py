@@ -147,7 +147,7 @@ def test_the_wheel_carries_every_module_and_data_file(installed: Installed) -> N
     assert f"graceshell-{_source_version()}.dist-info/licenses/LICENSE" in names
     assert not [name for name in names if name.startswith("tests/") or name.endswith(".pyc")]
     for field in ("License-Expression: MIT", "Requires-Python: >=3.10", "Classifier: Typing :: Typed",
-                  "Project-URL: Changelog", "Requires-Dist: click>=8.1", "Requires-Dist: structlog>=24.1",
+                  "Project-URL: Changelog", "Requires-Dist: click>=8.2", "Requires-Dist: structlog>=24.1",
                   "Requires-Dist: psutil", "Requires-Dist: pyyaml"):
         assert field in metadata, f"{field!r} missing from the wheel's METADATA"
 
