@@ -15,7 +15,14 @@ from __future__ import annotations
 import os
 import sys
 
-import click
+from graceshell.deferred import defer
+
+# Before structlog loads (after the spawn): it imports asyncio for async
+# logging methods graceshell never calls (deferred.py). click's `inspect`
+# cannot wait: its options clean their help text with it as they are built.
+defer("asyncio")
+
+import click  # noqa: E402
 
 from graceshell import __version__
 from graceshell.durations import parse_duration

@@ -175,4 +175,23 @@ def test_the_run_path_imports_click_and_structlog_after_the_spawn():
                            "--", "true"], capture_output=True, text=True, env=clean_env(), timeout=30)
     imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert "click" in imported and "structlog" in imported
-    assert imported.index("click") < imported.index("structlog")
+    assert imported.index("click") < imported.index("graceshell.tree") < imported.index("structlog")
+    assert "asyncio" not in imported  # structlog's async methods are never used: deferred, never loaded
+
+
+def test_a_deferred_module_is_the_real_one_at_first_use():
+    code = """
+import sys
+from graceshell.deferred import defer
+defer("colorsys", "email", "json")  # json is imported already: left alone
+import colorsys
+assert type(colorsys).__name__ == "_Deferred" and "rgb_to_hsv" not in vars(colorsys)  # not loaded yet
+from colorsys import rgb_to_hsv
+assert rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0) and colorsys.hls_to_rgb(0, 0, 0) == (0, 0, 0)
+assert type(sys.modules["colorsys"]).__name__ == "module"
+import email.mime.text  # a submodule of a deferred package
+assert email.mime.text.MIMEText("x")["Content-Type"].startswith("text/plain")
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.stdout == "ok\n", proc.stderr
