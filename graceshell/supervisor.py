@@ -91,6 +91,7 @@ class Supervisor:
         self.busy_check_at: float | None = None
         self.idle_since: float | None = None
         self.notice: dict[str, Any] | None = None
+        self.stale_removed: list[str] = []
 
     # -- start ---------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class Supervisor:
                 self.pidfd = os.pidfd_open(self.pid)
             except OSError:  # kernels before 5.3
                 self.pidfd = None
+        self.stale_removed = self.ledger.claim_and_sweep()  # after the spawn: never delays the worker
         return wakeup
 
     # -- the loop -------------------------------------------------------------
@@ -152,6 +154,9 @@ class Supervisor:
             platform_timeout_s=self.plan.platform_timeout, budget_s=self.plan.budget,
             ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None,
             jobs_dir=self.ledger.jobs_dir if self.ledger else None)
+        if self.stale_removed:
+            self.log.info("graceshell.stale_run_dirs", removed=self.stale_removed,
+                          reason="left by graceshells that no longer exist")
         try:
             self._loop(wakeup)
         except Exception as exc:  # a bug of ours must not leave the worker's tree behind

@@ -1,0 +1,145 @@
+"""graceshell's private run directory in $TMPDIR: made safely, owned for life,
+and swept up by the next graceshell when its owner died without cleaning up.
+
+The name is `graceshell-<pid>-<16 random hex digits>`: the random part (64
+bits from os.urandom) cannot be predicted, and mkdir(2) fails on any
+existing name, a planted directory or symlink included (it never follows a
+symlink in the last component), so nobody can make graceshell use a
+directory it did not create.
+
+A kill -9 (the OOM killer's) leaves the directory behind. Every graceshell
+holds an flock(2) on its own run directory, which the kernel drops when the
+process dies however it dies; a new graceshell removes a directory of its
+own user's whose lock is free and whose pid is gone or is no graceshell (the
+lock covers pid reuse and other pid namespaces sharing $TMPDIR, the pid
+covers the moment between the mkdir and the lock). The sweep happens after
+the worker has been spawned, so it never delays the worker's start.
+"""
+
+from __future__ import annotations
+
+import os
+
+PREFIX = "graceshell-"
+_ATTEMPTS = 10
+
+
+def base_dir() -> str:
+    return os.environ.get("TMPDIR") or "/tmp"
+
+
+def create(base: str) -> str:
+    """A new private directory (mode 0700) in `base`; OSError when none can be made."""
+    for _ in range(_ATTEMPTS):
+        root = os.path.join(base, f"{PREFIX}{os.getpid()}-{os.urandom(8).hex()}")
+        try:
+            os.mkdir(root, 0o700)  # EEXIST on anything already there, symlinks included
+        except FileExistsError:
+            continue
+        made = os.lstat(root)
+        # What mkdir made is ours; anything else means the base itself is not
+        # safe (a directory others may rename entries in).
+        if not _is_dir(made.st_mode) or made.st_uid != os.geteuid():
+            raise OSError(f"{root}: the run directory was replaced after mkdir; is {base} world-writable "
+                          "without the sticky bit?")
+        return root
+    raise OSError(f"cannot create a run directory in {base} (tried {_ATTEMPTS} names)")
+
+
+def _is_dir(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISDIR(mode)
+
+
+def claim(root: str) -> int | None:
+    """Hold an exclusive lock on `root` for as long as this process lives; its fd."""
+    import fcntl
+
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _owner_pid(name: str) -> int | None:
+    """The pid in `graceshell-<pid>-<hex>`, or None for any other name."""
+    if not name.startswith(PREFIX):
+        return None
+    pid, sep, token = name[len(PREFIX):].partition("-")
+    if not sep or not pid.isdigit() or not token or any(c not in "0123456789abcdef" for c in token):
+        return None
+    return int(pid)
+
+
+def _graceshell_alive(pid: int) -> bool:
+    """Is `pid` a live graceshell of this user's? A reused pid is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process now holds the pid
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"graceshell" in cmdline.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # gone just now, or no /proc to ask: assume alive
+    except OSError:
+        return True
+
+
+def sweep(base: str, keep: str) -> list[str]:
+    """Remove run directories left by dead graceshells of this user; their paths.
+
+    Never follows a symlink: entries are checked with lstat semantics, each
+    directory is opened with O_NOFOLLOW and checked by its fd, and removed
+    with shutil.rmtree, which works through file descriptors on Linux.
+    """
+    import fcntl
+
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    uid = os.geteuid()
+    for entry in entries:
+        pid = _owner_pid(entry.name)
+        if pid is None or entry.path == keep:
+            continue
+        try:
+            if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != uid:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its graceshell is alive and holds it
+            if _graceshell_alive(pid):
+                continue  # alive, between its mkdir and its lock (or from before locks)
+            if _remove_tree(entry.path):
+                removed.append(entry.path)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _remove_tree(path: str) -> bool:
+    import shutil
+
+    if not shutil.rmtree.avoids_symlink_attacks:
+        return False  # a platform without fd-based removal: leave it rather than risk following a link
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
