@@ -32,19 +32,17 @@ class Ledger:
 
         root = rundir.create(rundir.base_dir())
         self.root = root
+        self.lock_fd = rundir.claim(root)  # held until the directory is gone: it proves this run alive
         self.jobs_dir = os.path.join(root, "jobs")
         os.mkdir(self.jobs_dir, 0o700)
         self.shutdown_file = os.path.join(root, "shutdown.json")
         self.watch_fd: int | None = None
-        self.lock_fd: int | None = None
 
-    def claim_and_sweep(self) -> list[str]:
-        """After the worker's spawn: lock this run's directory for the life of
-        graceshell, and remove those of graceshells that died without cleaning
-        up (a kill -9); returns the paths removed."""
+    def sweep_stale(self) -> list[str]:
+        """Remove the run directories of graceshells that died without cleaning
+        up (a kill -9); the paths removed. Called after the worker's spawn."""
         from graceshell import rundir
 
-        self.lock_fd = rundir.claim(self.root)
         return rundir.sweep(os.path.dirname(self.root), keep=self.root)
 
     def environment(self) -> dict[str, str]:

@@ -10,18 +10,26 @@ directory it did not create.
 A kill -9 (the OOM killer's) leaves the directory behind. Every graceshell
 holds an flock(2) on its own run directory, which the kernel drops when the
 process dies however it dies; a new graceshell removes a directory of its
-own user's whose lock is free and whose pid is gone or is no graceshell (the
-lock covers pid reuse and other pid namespaces sharing $TMPDIR, the pid
-covers the moment between the mkdir and the lock). The sweep happens after
-the worker has been spawned, so it never delays the worker's start.
+own user's whose lock is free, whose pid is gone or is no graceshell, and
+which is at least MIN_AGE old (the lock covers pid reuse and other pid
+namespaces sharing $TMPDIR; the age covers the moment between the mkdir and
+the lock). The sweep happens after the worker has been spawned, so it never
+delays the worker's start; directories named otherwise (older versions,
+which held no lock) are never touched.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 PREFIX = "graceshell-"
+_TOKEN_DIGITS = 16  # hex digits of the random part; other names predate the lock and are left alone
 _ATTEMPTS = 10
+_LOCK_EX, _LOCK_NB = 2, 4  # flock(2)
+# A directory younger than this is never swept, whatever its lock says: it
+# may be between its mkdir and its flock, in another pid namespace.
+MIN_AGE = 10.0
 
 
 def base_dir() -> str:
@@ -53,16 +61,18 @@ def _is_dir(mode: int) -> bool:
 
 
 def claim(root: str) -> int | None:
-    """Hold an exclusive lock on `root` for as long as this process lives; its fd."""
-    import fcntl
+    """Hold an exclusive flock on `root` for as long as this process lives; its fd.
+
+    Taken right after the mkdir, before the worker is spawned, through
+    ctypes (already loaded for the subreaper) rather than an import of fcntl.
+    """
+    import ctypes
 
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if ctypes.CDLL(None, use_errno=True).flock(fd, _LOCK_EX | _LOCK_NB) != 0:
         os.close(fd)
         return None
     return fd
@@ -73,7 +83,7 @@ def _owner_pid(name: str) -> int | None:
     if not name.startswith(PREFIX):
         return None
     pid, sep, token = name[len(PREFIX):].partition("-")
-    if not sep or not pid.isdigit() or not token or any(c not in "0123456789abcdef" for c in token):
+    if not sep or not pid.isdigit() or len(token) != _TOKEN_DIGITS or token.strip("0123456789abcdef"):
         return None
     return int(pid)
 
@@ -109,7 +119,7 @@ def sweep(base: str, keep: str) -> list[str]:
         entries = list(os.scandir(base))
     except OSError:
         return removed
-    uid = os.geteuid()
+    uid, now = os.geteuid(), time.time()
     for entry in entries:
         pid = _owner_pid(entry.name)
         if pid is None or entry.path == keep:
@@ -121,14 +131,15 @@ def sweep(base: str, keep: str) -> list[str]:
         except OSError:
             continue
         try:
-            if os.fstat(fd).st_uid != uid:
+            info = os.fstat(fd)
+            if info.st_uid != uid or now - info.st_mtime < MIN_AGE:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue  # its graceshell is alive and holds it
             if _graceshell_alive(pid):
-                continue  # alive, between its mkdir and its lock (or from before locks)
+                continue  # belt and braces: never remove the directory of a graceshell we can see alive
             if _remove_tree(entry.path):
                 removed.append(entry.path)
         finally:

@@ -133,7 +133,7 @@ class Supervisor:
                 self.pidfd = os.pidfd_open(self.pid)
             except OSError:  # kernels before 5.3
                 self.pidfd = None
-        self.stale_removed = self.ledger.claim_and_sweep()  # after the spawn: never delays the worker
+        self.stale_removed = self.ledger.sweep_stale()  # after the spawn: never delays the worker
         return wakeup
 
     # -- the loop -------------------------------------------------------------

@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,8 @@ def stale_dir(base: Path, pid: int, token: str = "00c0ffee00c0ffee") -> Path:
     (root / "jobs").mkdir(parents=True, mode=0o700)
     (root / "jobs" / "123-job.json").write_text('{"id": "job"}')
     (root / "shutdown.json").write_text("{}")
+    old = time.time() - 60  # older than rundir.MIN_AGE
+    os.utime(root, (old, old))
     return root
 
 
@@ -130,6 +133,9 @@ def test_the_sweep_keeps_live_runs_other_users_and_whatever_is_not_a_run_directo
     file_named_so = base / f"graceshell-{dead_pid()}-abcdef0123456789"
     file_named_so.write_text("a file")
     others = stale_dir(base, dead_pid(), token="0123456789abcdef")
+    young = base / f"graceshell-{dead_pid()}-2222222222222222"  # may be between its mkdir and its lock
+    young.mkdir()
+    older_version = stale_dir(base, dead_pid(), token="deadbeef")  # held no lock: liveness unknowable
     if os.geteuid() == 0:
         os.chown(others, 65534, 65534)  # nobody's: never ours to remove
     # A live graceshell: its directory must survive another graceshell's sweep.
@@ -148,7 +154,7 @@ def test_the_sweep_keeps_live_runs_other_users_and_whatever_is_not_a_run_directo
         os.killpg(live.pid, 15)
         live.wait(10)
     assert link.is_symlink() and (outside / "precious").read_text() == "keep me"
-    assert look_alike.is_dir() and file_named_so.is_file()
+    assert look_alike.is_dir() and file_named_so.is_file() and young.is_dir() and older_version.is_dir()
     if os.geteuid() == 0:
         assert others.exists()
 
