@@ -20,6 +20,8 @@ import signal
 import time
 
 from graceshell import tree
+from graceshell.guard import Guard
+from graceshell.guard import start as start_guard
 from graceshell.ladder import describe
 from graceshell.ledger import Ledger
 from graceshell.logs import Logger
@@ -92,6 +94,7 @@ class Supervisor:
         self.idle_since: float | None = None
         self.notice: dict[str, Any] | None = None
         self.stale_removed: list[str] = []
+        self.guard: Guard | None = None  # signals the worker if graceshell dies first
 
     # -- start ---------------------------------------------------------------
 
@@ -133,7 +136,9 @@ class Supervisor:
                 self.pidfd = os.pidfd_open(self.pid)
             except OSError:  # kernels before 5.3
                 self.pidfd = None
-        self.stale_removed = self.ledger.sweep_stale()  # after the spawn: never delays the worker
+        # After the spawn, so that neither delays the worker's start.
+        self.guard = start_guard(self.pid, self.pidfd, self.plan.parent_death_signal)
+        self.stale_removed = self.ledger.sweep_stale()
         return wakeup
 
     # -- the loop -------------------------------------------------------------
@@ -143,6 +148,7 @@ class Supervisor:
         try:
             return self._run()
         finally:
+            self._stop_guard()
             if self.ledger is not None:
                 self.ledger.remove()
 
@@ -153,7 +159,8 @@ class Supervisor:
             platform=self.plan.platform.name, platform_source=self.plan.platform_source,
             platform_timeout_s=self.plan.platform_timeout, budget_s=self.plan.budget,
             ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None,
-            jobs_dir=self.ledger.jobs_dir if self.ledger else None)
+            jobs_dir=self.ledger.jobs_dir if self.ledger else None,
+            parent_death_signal=signal_name(self.plan.parent_death_signal))
         if self.stale_removed:
             self.log.info("graceshell.stale_run_dirs", removed=self.stale_removed,
                           reason="left by graceshells that no longer exist")
@@ -161,6 +168,7 @@ class Supervisor:
             self._loop(wakeup)
         except Exception as exc:  # a bug of ours must not leave the worker's tree behind
             self.log.error("graceshell.internal_error", error=repr(exc))
+            self._stop_guard()
             tree.signal_descendants(signal.SIGKILL, until_gone=True)
             _reap_all_blocking()
             return INTERNAL_ERROR_EXIT
@@ -416,6 +424,9 @@ class Supervisor:
             if pid == self.pid:
                 self._on_main_exit(status, selector)
                 main_exited = True
+            elif self.guard is not None and pid == self.guard.pid:  # killed by someone: the worker is unguarded
+                self.guard.lost()
+                self.log.warning("graceshell.guard_lost", pid=pid, status=os.waitstatus_to_exitcode(status))
             else:
                 self.reaped_orphans += 1
                 self.log.debug("graceshell.reap", pid=pid, exit_code=os.waitstatus_to_exitcode(status))
@@ -424,8 +435,14 @@ class Supervisor:
             self.log.info("graceshell.leftovers", action="linger", linger_s=self.plan.linger,
                           processes=tree.living_descendants())
 
+    def _stop_guard(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
+
     def _on_main_exit(self, status: int, selector: selectors.BaseSelector) -> None:
         self.main_status, self.main_exit_at = status, time.monotonic()
+        self._stop_guard()  # nothing left to guard; graceshell waits for no helper of its own
         if self.pidfd is not None:
             selector.unregister(self.pidfd)  # an exited pidfd stays readable forever
             os.close(self.pidfd)

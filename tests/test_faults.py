@@ -1,0 +1,148 @@
+"""graceshell's own death (kill -9, the OOM killer's) and long-running health."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import alive, clean_env, wait_for
+from graceshell.plan import make_plan
+from graceshell.presets import preset_layer
+from graceshell.settings import Origin, Setting
+from graceshell.signals import signal_name
+
+
+def private_tmp(tmp_path: Path) -> Path:
+    base = tmp_path / "tmp"
+    base.mkdir(exist_ok=True)
+    return base
+
+
+def run_dirs(base: Path) -> list[Path]:
+    return [p for p in base.iterdir() if p.name.startswith("graceshell-")]
+
+
+def started(run) -> dict:
+    """graceshell's start event (the worker may be ready before it is written)."""
+    wait_for(lambda: '"graceshell.start"' in run.stderr(), 10, "graceshell.start")
+    return run.event("graceshell.start")
+
+
+def kill_9(run) -> None:
+    os.kill(run.pid, signal.SIGKILL)
+    run.proc.wait(5)
+
+
+def test_kill_9_of_graceshell_sends_the_worker_its_warm_signal(graceshell, worker, tmp_path):
+    base = private_tmp(tmp_path)
+    run = graceshell("--platform", "none", "--log-format", "json", *worker(), env=clean_env(TMPDIR=str(base)))
+    pid = run.ready()["pid"]
+    assert started(run)["parent_death_signal"] == "TERM"
+    killed = time.monotonic()
+    kill_9(run)
+    wait_for(lambda: not alive(pid), 5, "the worker to go with graceshell")
+    gone_after = time.monotonic() - killed
+    assert gone_after < 1.0 + 1.0, f"worker outlived graceshell by {gone_after:.2f}s"  # 1 s, plus a loaded machine
+    assert run.names(pid) == ["TERM"]
+    # The kill -9 left the run directory behind; the next graceshell sweeps it.
+    (left,) = run_dirs(base)
+    old = time.time() - 60
+    os.utime(left, (old, old))
+    after = graceshell("--platform", "none", "--log-format", "json", "--", "true", env=clean_env(TMPDIR=str(base)))
+    assert after.wait() == 0
+    assert after.event("graceshell.stale_run_dirs")["removed"] == [str(left)]
+    assert run_dirs(base) == []
+
+
+def test_a_worker_that_ignores_the_warm_signal_needs_kill_as_its_parent_death_signal(graceshell, worker, tmp_path):
+    config = tmp_path / "graceshell.yml"
+    config.write_text("defaults:\n  parent_death_signal: KILL\n")
+    run = graceshell("--platform", "none", "--log-format", "json", "--config", str(config), *worker("--ignore", "TERM"))
+    pid = run.ready()["pid"]
+    assert started(run)["parent_death_signal"] == "KILL"
+    kill_9(run)
+    wait_for(lambda: not alive(pid), 2.0, "the worker to be killed with graceshell")
+
+
+def test_a_worker_that_ignores_the_warm_signal_hears_it_and_stays(graceshell, worker, tmp_path):
+    """The default trusts the worker's warm shutdown; one that ignores TERM outlives graceshell (documented)."""
+    run = graceshell("--platform", "none", "--log-format", "json", *worker("--ignore", "TERM"))
+    pid = run.ready()["pid"]
+    started(run)
+    kill_9(run)
+    try:
+        wait_for(lambda: run.names(pid) == ["TERM"], 5, "the worker to hear TERM")
+        time.sleep(0.5)
+        assert alive(pid)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_the_worker_still_starts_and_fails_as_before(graceshell, tmp_path):
+    missing = graceshell("--platform", "none", "--", "no-such-command-anywhere")
+    assert missing.wait() == 127
+    assert "command not found" in missing.stderr()
+    not_executable = graceshell("--platform", "none", "--", str(tmp_path))
+    assert not_executable.wait() == 126
+
+
+def plan_for(preset: str, **extra: object):
+    settings = {**preset_layer(preset), "platform": Setting("none", Origin("--platform"))}
+    settings.update({key: Setting(value, Origin(f"--{key}")) for key, value in extra.items()})
+    return make_plan(["worker"], settings, environ={})
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("generic", "TERM"), ("celery", "TERM"), ("rq", "TERM"), ("sidekiq", "TERM"), ("resque", "QUIT"),
+    ("delayed_job", "INT"), ("gunicorn", "TERM"), ("uvicorn", "TERM"),
+])
+def test_the_parent_death_signal_defaults_to_the_presets_warm_shutdown(preset, expected):
+    assert signal_name(plan_for(preset).parent_death_signal) == expected
+
+
+def test_the_parent_death_signal_follows_a_remap_and_can_be_set():
+    assert plan_for("generic", remap={int(signal.SIGTERM): int(signal.SIGQUIT)}).parent_death_signal == signal.SIGQUIT
+    assert plan_for("celery", parent_death_signal=int(signal.SIGKILL)).parent_death_signal == signal.SIGKILL
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("NOPE", "defaults.parent_death_signal: unknown signal 'NOPE'"),
+    ("STOP", "defaults.parent_death_signal: STOP would leave the worker stopped"),
+])
+def test_a_bad_parent_death_signal_is_a_one_line_error(graceshell, tmp_path, value, message):
+    config = tmp_path / "graceshell.yml"
+    config.write_text(f"defaults:\n  parent_death_signal: {value}\n")
+    run = graceshell("--platform", "none", "--config", str(config), "--", "true")
+    assert run.wait() == 2
+    assert run.stderr().count("\n") == 1 and f"graceshell.yml:2: {message}" in run.stderr()
+
+
+def guard_of(run) -> psutil.Process:
+    return wait_for(lambda: [kid for kid in psutil.Process(run.pid).children() if kid.name() == "graceshellguard"],
+                    10, "the guard")[0]
+
+
+def test_the_guard_is_no_part_of_the_worker_tree_and_goes_with_the_worker(graceshell, worker):
+    run = graceshell("--platform", "none", "--log-format", "json", *worker("--exit-on", "TERM"))
+    run.ready()
+    guard = guard_of(run)
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    report = run.report()
+    assert report["outcome"] == "clean" and report["killed"] == [] and report["reaped_orphans"] == 0
+    assert not alive(guard.pid)
+    assert "leftovers" not in run.stderr()
+
+
+def test_a_killed_guard_is_reported_and_supervision_goes_on(graceshell, worker):
+    run = graceshell("--platform", "none", "--log-format", "json", *worker("--exit-on", "TERM"))
+    run.ready()
+    guard = guard_of(run)
+    guard.kill()
+    wait_for(lambda: "graceshell.guard_lost" in run.stderr(), 5, "graceshell.guard_lost")
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    assert run.report()["outcome"] == "clean"
