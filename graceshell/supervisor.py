@@ -28,6 +28,7 @@ from graceshell.logs import Logger
 from graceshell.plan import RunPlan
 from graceshell.report import build_report
 from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
+from graceshell.summary import RepeatSummary
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
@@ -95,6 +96,9 @@ class Supervisor:
         self.notice: dict[str, Any] | None = None
         self.stale_removed: list[str] = []
         self.guard: Guard | None = None  # signals the worker if graceshell dies first
+        # A storm of signals logs the first few of each, then counts per second.
+        self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
+        self.signal_events = RepeatSummary(self.log, "graceshell.signal_summary")
 
     # -- start ---------------------------------------------------------------
 
@@ -191,6 +195,8 @@ class Supervisor:
                     self._update_busy(time.monotonic())
             if self.busy_check_at is not None and time.monotonic() >= self.busy_check_at:
                 self._update_busy(time.monotonic())
+            for summary in (self.forwards, self.signal_events):
+                summary.flush_due(time.monotonic())
             self._reap(selector)
             self._fire_due(time.monotonic())
             if self.main_status is not None and not self.children_remain:
@@ -207,6 +213,7 @@ class Supervisor:
     def _deadlines(self) -> list[float]:
         """Every moment at which graceshell must act without being woken."""
         due = [] if self.busy_check_at is None else [self.busy_check_at]
+        due += [s.flush_at for s in (self.forwards, self.signal_events) if s.flush_at is not None]
         if self.kill_fired_at is not None:
             return [self.kill_fired_at + REAP_GRACE, *due]
         if self.stop_at is not None and self.main_status is None and self.next_step < len(self.plan.ladder):
@@ -250,8 +257,9 @@ class Supervisor:
         if signum not in self.plan.stop_signals:
             sent = self.plan.remap.get(signum, signum)
             if self._send_main(sent):
-                self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
-            else:
+                if self.forwards.admit(now, name):
+                    self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
+            elif self.signal_events.admit(now, f"{name} dropped"):
                 self.log.info("graceshell.signal", signal=name, action="dropped", reason="worker has exited")
             return
         if self.stop_at is None:
@@ -271,14 +279,16 @@ class Supervisor:
         name = signal_name(signum)
         platform = self.plan.platform
         if platform.repeats_stop_signal and signum == platform.stop_signal == self.stop_signal:
-            self.log.info("graceshell.signal", signal=name, action="ignored",
-                          reason=f"{platform.name} repeats its stop signal")
+            if self.signal_events.admit(now, f"{name} ignored"):
+                self.log.info("graceshell.signal", signal=name, action="ignored",
+                              reason=f"{platform.name} repeats its stop signal")
             return
         policy = self.plan.second_signal
-        self.log.info("graceshell.signal", signal=name, action=policy, repeat=True)
+        if self.signal_events.admit(now, f"{name} {policy}"):
+            self.log.info("graceshell.signal", signal=name, action=policy, repeat=True)
         if policy == "forward":
             sent = self.plan.remap.get(signum, signum)
-            if self._send_main(sent):
+            if self._send_main(sent) and self.forwards.admit(now, name):
                 self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
         elif policy == "escalate":
             if self.main_status is None:
@@ -455,6 +465,8 @@ class Supervisor:
 
     def _finish(self) -> int:
         assert self.main_status is not None or self.survivors
+        for summary in (self.forwards, self.signal_events):
+            summary.flush(time.monotonic())  # what was counted is logged before the report
         orphaned = self.ledger.entries(time.time()) if self.ledger is not None else []
         for job in orphaned:
             self.log.warning("graceshell.orphaned_job", **job)

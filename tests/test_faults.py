@@ -146,3 +146,39 @@ def test_a_killed_guard_is_reported_and_supervision_goes_on(graceshell, worker):
     run.kill(signal.SIGTERM)
     assert run.wait() == 0
     assert run.report()["outcome"] == "clean"
+
+
+STORM = 20_000
+SENDER = """
+import os, signal, sys
+pid, count = int(sys.argv[1]), int(sys.argv[2])
+kinds = (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM)
+for i in range(count):
+    os.kill(pid, kinds[i % 3])
+"""
+
+
+def test_a_storm_of_signals_loses_no_stop_and_does_not_flood_the_log(graceshell, worker):
+    import subprocess
+    import sys
+
+    run = graceshell("--platform", "none", "--log-format", "json", "--second-signal", "forward",
+                     *worker("--ignore", "HUP,USR1,TERM", "--exit-on", "QUIT:3"))
+    pid = run.ready()["pid"]
+    started(run)
+    sender = subprocess.run([sys.executable, "-c", SENDER, str(run.pid), str(STORM)], timeout=60)
+    assert sender.returncode == 0
+    wait_for(lambda: {"HUP", "USR1", "TERM"} <= set(run.names(pid)), 10, "each kind at the worker")
+    run.kill(signal.SIGQUIT)  # after the storm: the worker leaves with a status of its own
+    assert run.wait(30) == 3
+    report = run.report()
+    assert report["stop_signal"] == "TERM" and report["exit_code"] == 3
+    assert run.names(pid)[-1] == "QUIT"
+    lines = run.stderr().splitlines()
+    assert len(lines) < 100, f"{len(lines)} log lines for {STORM} signals"
+    forwards = [e for e in run.events() if e["event"] == "graceshell.forward"]
+    summaries = [e for e in run.events() if e["event"] == "graceshell.forward_summary"]
+    assert {e["received"] for e in forwards} >= {"HUP", "USR1"}
+    assert summaries and sum(sum(s["counts"].values()) for s in summaries) > 0
+    # Signals coalesce in the kernel: the worker hears fewer than were sent, never more.
+    assert len(run.names(pid)) <= STORM + 1
