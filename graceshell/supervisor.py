@@ -96,6 +96,7 @@ class Supervisor:
         self.notice: dict[str, Any] | None = None
         self.stale_removed: list[str] = []
         self.guard: Guard | None = None  # signals the worker if graceshell dies first
+        self.wakeup: int | None = None
         # A storm of signals logs the first few of each, then counts per second.
         self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
         self.signal_events = RepeatSummary(self.log, "graceshell.signal_summary")
@@ -127,7 +128,7 @@ class Supervisor:
         the worker exists waits in the pipe and is acted on right after.
         Raises OSError when the command cannot be executed.
         """
-        wakeup = self._catch_signals()
+        wakeup = self.wakeup = self._catch_signals()
         self.subreaper = tree.become_subreaper()
         self.ledger = Ledger()
         # Files (preset, graceshell.yml, .env) set defaults; the real environment
@@ -155,6 +156,18 @@ class Supervisor:
             self._stop_guard()
             if self.ledger is not None:
                 self.ledger.remove()
+            self._release()
+
+    def _release(self) -> None:
+        """Close what the run opened, so that runs in one process leave nothing behind."""
+        if self.wakeup is not None:
+            written = signal.set_wakeup_fd(-1)
+            for fd in {written, self.wakeup} - {-1}:
+                os.close(fd)
+            self.wakeup = None
+        if self.pidfd is not None:  # the worker never exited (survivors)
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def _run(self) -> int:
         wakeup = self.start()
@@ -179,7 +192,10 @@ class Supervisor:
         return self._finish()
 
     def _loop(self, wakeup: int) -> None:
-        selector = selectors.DefaultSelector()
+        with selectors.DefaultSelector() as selector:
+            self._loop_in(selector, wakeup)
+
+    def _loop_in(self, selector: selectors.BaseSelector, wakeup: int) -> None:
         selector.register(wakeup, selectors.EVENT_READ)
         if self.pidfd is not None:
             selector.register(self.pidfd, selectors.EVENT_READ)
