@@ -52,8 +52,8 @@ class RunPlan:
         self.env = env  # added to graceshell's own environment
         self.preset = preset
         self.on_orphans = on_orphans  # command run with the orphan report on stdin
-        # What the kernel sends the worker if graceshell dies without stopping
-        # it (kill -9, the OOM killer); by default the warm shutdown's signal.
+        # What graceshell's guard sends the worker if graceshell dies without
+        # stopping it (kill -9, the OOM killer); by default the warm shutdown's signal.
         self.parent_death_signal = parent_death_signal if parent_death_signal is not None else self.warm_signal()
 
     @property
