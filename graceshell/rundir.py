@@ -66,16 +66,21 @@ def claim(root: str) -> int | None:
     Taken right after the mkdir, before the worker is spawned, through
     ctypes (already loaded for the subreaper) rather than an import of fcntl.
     """
-    import ctypes
-
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    if ctypes.CDLL(None, use_errno=True).flock(fd, _LOCK_EX | _LOCK_NB) != 0:
+    if not _try_lock(fd):
         os.close(fd)
         return None
     return fd
+
+
+def _try_lock(fd: int) -> bool:
+    """flock(fd, LOCK_EX | LOCK_NB) through ctypes: True when this process now holds it."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).flock(fd, _LOCK_EX | _LOCK_NB) == 0
 
 
 def _owner_pid(name: str) -> int | None:
@@ -112,8 +117,6 @@ def sweep(base: str, keep: str) -> list[str]:
     directory is opened with O_NOFOLLOW and checked by its fd, and removed
     with shutil.rmtree, which works through file descriptors on Linux.
     """
-    import fcntl
-
     removed: list[str] = []
     try:
         entries = list(os.scandir(base))
@@ -134,9 +137,7 @@ def sweep(base: str, keep: str) -> list[str]:
             info = os.fstat(fd)
             if info.st_uid != uid or now - info.st_mtime < MIN_AGE:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _try_lock(fd):
                 continue  # its graceshell is alive and holds it
             if _graceshell_alive(pid):
                 continue  # belt and braces: never remove the directory of a graceshell we can see alive

@@ -20,19 +20,19 @@ import signal
 import time
 
 from graceshell import tree
-from graceshell.guard import Guard
-from graceshell.guard import start as start_guard
 from graceshell.ladder import describe
 from graceshell.ledger import Ledger
 from graceshell.logs import Logger
 from graceshell.plan import RunPlan
 from graceshell.report import build_report
 from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
-from graceshell.summary import RepeatSummary
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from typing import Any
+
+    from graceshell.guard import Guard
+    from graceshell.summary import RepeatSummary
 
 # How long to wait for the kernel to finish off a SIGKILLed tree before
 # reporting survivors (processes stuck in uninterruptible sleep) and leaving.
@@ -97,9 +97,9 @@ class Supervisor:
         self.stale_removed: list[str] = []
         self.guard: Guard | None = None  # signals the worker if graceshell dies first
         self.wakeup: int | None = None
-        # A storm of signals logs the first few of each, then counts per second.
-        self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
-        self.signal_events = RepeatSummary(self.log, "graceshell.signal_summary")
+        # A storm of signals logs the first few of each, then counts per second (made after the spawn).
+        self.forwards: RepeatSummary
+        self.signal_events: RepeatSummary
 
     # -- start ---------------------------------------------------------------
 
@@ -141,8 +141,13 @@ class Supervisor:
                 self.pidfd = os.pidfd_open(self.pid)
             except OSError:  # kernels before 5.3
                 self.pidfd = None
-        # After the spawn, so that neither delays the worker's start.
+        # After the spawn, so that none of this delays the worker's start.
+        from graceshell.guard import start as start_guard
+        from graceshell.summary import RepeatSummary
+
         self.guard = start_guard(self.pid, self.pidfd, self.plan.parent_death_signal)
+        self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
+        self.signal_events = RepeatSummary(self.log, "graceshell.signal_summary")
         self.stale_removed = self.ledger.sweep_stale()
         return wakeup
 
