@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 # reporting survivors (processes stuck in uninterruptible sleep) and leaving.
 REAP_GRACE = 5.0
 # Signals Python itself ignores at start-up; their SIG_IGN says nothing about
-# what our parent wanted, so they are caught and reset for the worker.
+# what our parent wanted, so they are reset to their defaults for the worker.
+# graceshell keeps ignoring them and never forwards them: they are raised by
+# its own writes (a log line to a closed pipe after a log collector or
+# `graceshell start` died), and a forwarded SIGPIPE would kill the worker.
 _PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))})
 BUSY_INTERVAL = 1.0  # seconds: the most often graceshell.busy is logged
 # How long the ledger must stay empty before the worker is reported idle: the
@@ -110,6 +113,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         caught = set()
         for signum in sorted(forwardable_signals() | self.plan.stop_signals | {int(signal.SIGCHLD)}):
+            if signum in _PYTHON_IGNORES and signum not in self.plan.stop_signals:
+                continue
             inherited_ignore = (signal.getsignal(signum) == signal.SIG_IGN
                                 and signum not in _PYTHON_IGNORES)
             # A signal our parent ignored (nohup's HUP) stays ignored, for us

@@ -182,3 +182,58 @@ def test_a_storm_of_signals_loses_no_stop_and_does_not_flood_the_log(graceshell,
     assert summaries and sum(sum(s["counts"].values()) for s in summaries) > 0
     # Signals coalesce in the kernel: the worker hears fewer than were sent, never more.
     assert len(run.names(pid)) <= STORM + 1
+
+
+def test_kill_9_of_start_stops_each_graceshell_it_started(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "Procfile").write_text("sleeper: sleep 300\n")
+    with open(tmp_path / "start.out", "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "graceshell", "start", "--platform", "none", "--log-format",
+                                 "json"], cwd=tmp_path, env=clean_env(), stdout=out, stderr=out,
+                                start_new_session=True)
+    me = psutil.Process(proc.pid)
+    started_here: list[psutil.Process] = []
+    try:
+        runs = wait_for(lambda: [kid for kid in me.children() if "run" in kid.cmdline()], 20, "graceshell run")
+        sleeper = wait_for(lambda: [p for p in runs[0].children(recursive=True) if p.name() == "sleep"], 20,
+                           "the worker")[0]
+        started_here += [runs[0], sleeper]
+        wait_for(lambda: b'"graceshell.start"' in (tmp_path / "start.out").read_bytes(), 20, "graceshell run's start")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        wait_for(lambda: not alive(runs[0].pid) and not alive(sleeper.pid), 10,
+                 "graceshell run and its worker to stop")
+    finally:
+        for leftover in started_here:
+            try:
+                leftover.kill()
+            except psutil.Error:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_closed_log_pipe_does_not_reach_the_worker():
+    """graceshell's own write to a closed stderr raises SIGPIPE in graceshell: it is not the worker's."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "graceshell", "run", "--platform", "none", "--log-format", "json",
+                             "--", "sleep", "300"], env=clean_env(), stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.stderr.readline()  # graceshell.start is out
+        (sleeper,) = [kid for kid in psutil.Process(proc.pid).children() if kid.name() == "sleep"]
+        proc.stderr.close()  # the log collector goes away
+        os.kill(proc.pid, signal.SIGWINCH)  # harmless to sleep; graceshell logs its forward into the closed pipe
+        time.sleep(0.5)
+        assert alive(sleeper.pid) and proc.poll() is None
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
