@@ -2,13 +2,20 @@
 the OOM killer), the worker gets its parent-death signal instead of running
 on with no supervisor.
 
-A guard is a child of graceshell, forked right after the worker has been
-spawned (so it costs the worker's start nothing), that blocks on a pipe
-whose only write end graceshell holds. When graceshell dies, however it
+A guard is a small child of graceshell, started right after the worker has
+been spawned (so it costs the worker's start nothing), that blocks reading a
+pipe whose only write end graceshell holds. When graceshell dies, however it
 dies, the kernel closes that end, the guard's read returns end-of-file, and
-the guard sends the signal to the worker through the worker's pidfd (never
-to a recycled pid) and exits. When the worker exits first, graceshell kills
-the guard with SIGKILL before anything else.
+the guard signals the worker and exits. When the worker exits first,
+graceshell kills the guard with SIGKILL before anything else.
+
+The guard is /bin/sh running a one-line script, started with posix_spawn
+(no copy of graceshell's memory; about 0.1 MB of its own): before it
+signals, it checks that the worker's pid still has the worker's start time
+(/proc/PID/stat), so a recycled pid is never signalled. Where there is no
+/bin/sh (distroless images), graceshell forks itself instead and the guard
+signals through the worker's pidfd; that copy of graceshell's memory grows
+as graceshell writes to its own pages (copy-on-write), to a few MB.
 
 Why not prctl(PR_SET_PDEATHSIG) in the worker: it has to be set by the
 worker itself between fork and exec, so graceshell would have to fork its
@@ -17,9 +24,9 @@ delay the worker's exec by 1 to 5 ms; and the kernel clears it at the exec
 of a set-user-ID program. The guard has neither cost.
 
 The guard keeps every signal blocked (a stop broadcast to the process group
-must not run graceshell's handlers in it), holds no descriptor but its two,
-and is left out of every tree walk (tree.add_helper), so it is never
-signalled, reported or waited for as part of the worker's tree.
+must not reach it), holds no descriptor of graceshell's but its pipe, and is
+left out of every tree walk (tree.add_helper), so it is never signalled,
+reported or waited for as part of the worker's tree.
 """
 
 from __future__ import annotations
@@ -29,8 +36,16 @@ import signal
 
 from graceshell import tree
 
+NAME = "graceshellguard"  # the guard's argv[0] (and, forked, its name in ps and top)
 _PR_SET_NAME = 15
-_NAME = b"graceshellguard"  # what ps and top show; 15 bytes is the most a name holds
+_SHELL = "/bin/sh"
+# $1 signal number, $2 the worker's pid, $3 its start time in clock ticks
+# (field 22 of /proc/PID/stat; the fields after the command's closing paren
+# start at field 3, so it is the 20th of them).
+_SCRIPT = ('sig=$1 pid=$2 start=$3; read _; '
+           'if [ -n "$start" ] && [ -d /proc/self ]; then '
+           'read -r stat < "/proc/$pid/stat" || exit 0; set -- ${stat##*) }; [ "${20}" = "$start" ] || exit 0; '
+           'fi; kill -$sig $pid')
 
 
 class Guard:
@@ -63,28 +78,47 @@ class Guard:
 
 
 def start(worker_pid: int, worker_pidfd: int | None, death_signal: int) -> Guard | None:
-    """Fork a guard for `worker_pid`; None where none is needed or none can be made.
+    """Start a guard for `worker_pid`; None where none is needed or none can be made.
 
     As PID 1 of a pid namespace (a container) graceshell needs none: when
     PID 1 dies, the kernel kills every process in its namespace.
     """
     if os.getpid() == 1:
         return None
-    read_fd, write_fd = os.pipe()  # close-on-exec; graceshell execs nothing that could inherit the end
+    read_fd, write_fd = os.pipe()  # close-on-exec: the worker and hooks never hold the end
+    try:
+        if os.path.exists(_SHELL):
+            pid = _spawn_shell(read_fd, worker_pid, death_signal)
+        else:
+            pid = _fork(read_fd, write_fd, worker_pid, worker_pidfd, death_signal)
+    except OSError:
+        os.close(write_fd)
+        return None
+    finally:
+        os.close(read_fd)
+    tree.add_helper(pid)
+    return Guard(pid, write_fd)
+
+
+def _spawn_shell(read_fd: int, worker_pid: int, death_signal: int) -> int:
+    started = tree.start_ticks(worker_pid)
+    argv = [NAME, "-c", _SCRIPT, NAME, str(death_signal), str(worker_pid), "" if started is None else str(started)]
+    return os.posix_spawn(_SHELL, argv, {"PATH": os.defpath},
+                          file_actions=[(os.POSIX_SPAWN_DUP2, read_fd, 0),
+                                        (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                        (os.POSIX_SPAWN_DUP2, 1, 2)],
+                          setsigmask=signal.valid_signals())
+
+
+def _fork(read_fd: int, write_fd: int, worker_pid: int, worker_pidfd: int | None, death_signal: int) -> int:
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         pid = os.fork()
-    except OSError:
+        if pid == 0:  # the child keeps every signal blocked for good
+            _watch(read_fd, write_fd, worker_pid, worker_pidfd, death_signal)  # never returns
+    finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        os.close(read_fd)
-        os.close(write_fd)
-        return None
-    if pid == 0:  # the child keeps every signal blocked for good
-        _watch(read_fd, write_fd, worker_pid, worker_pidfd, death_signal)  # never returns
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    os.close(read_fd)
-    tree.add_helper(pid)
-    return Guard(pid, write_fd)
+    return pid
 
 
 def _watch(read_fd: int, write_fd: int, worker_pid: int, worker_pidfd: int | None, death_signal: int) -> None:
@@ -114,10 +148,10 @@ def _watch(read_fd: int, write_fd: int, worker_pid: int, worker_pidfd: int | Non
 
 
 def _set_name() -> None:
-    """`graceshellguard` in ps and top, instead of a second graceshell."""
+    """The forked guard as `graceshellguard` in ps and top, instead of a second graceshell."""
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(_NAME), 0, 0, 0)
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(NAME.encode()), 0, 0, 0)
     except (OSError, AttributeError):
         pass

@@ -104,6 +104,12 @@ def _describe(proc: Any, now: float) -> dict[str, Any] | None:
         return None
 
 
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (Linux); None elsewhere or when gone."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat is not None else None
+
+
 def _proc_stat(pid: int) -> tuple[str, int, str] | None:
     """(state, start time in clock ticks, command name) from /proc/PID/stat."""
     try:

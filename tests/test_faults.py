@@ -121,8 +121,10 @@ def test_a_bad_parent_death_signal_is_a_one_line_error(graceshell, tmp_path, val
 
 
 def guard_of(run) -> psutil.Process:
-    return wait_for(lambda: [kid for kid in psutil.Process(run.pid).children() if kid.name() == "graceshellguard"],
-                    10, "the guard")[0]
+    def guards() -> list[psutil.Process]:
+        return [kid for kid in psutil.Process(run.pid).children() if kid.cmdline()[:1] == ["graceshellguard"]]
+
+    return wait_for(guards, 10, "the guard")[0]
 
 
 def test_the_guard_is_no_part_of_the_worker_tree_and_goes_with_the_worker(graceshell, worker):
@@ -237,3 +239,46 @@ def test_a_closed_log_pipe_does_not_reach_the_worker():
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+GUARDED = """
+import os, subprocess, sys
+from graceshell import guard
+if sys.argv[1] != "shell":
+    guard._SHELL = "/nonexistent/sh"  # as in an image without a shell: graceshell forks the guard itself
+worker = subprocess.Popen(["sleep", "60"])
+made = guard.start(worker.pid, os.pidfd_open(worker.pid), 15)
+print(worker.pid, made.pid, flush=True)
+sys.stdin.read()  # until the test has looked; then this stand-in for graceshell dies without a word
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("kind", ["shell", "forked"])
+def test_either_guard_signals_the_worker_when_its_graceshell_dies(kind):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", GUARDED, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    worker_pid, guard_pid = map(int, proc.stdout.readline().split())
+    try:
+        guard = psutil.Process(guard_pid)
+        def named() -> str:
+            try:  # the fork names itself a moment after it starts
+                return (guard.cmdline() or [""])[0] if kind == "shell" else guard.name()
+            except psutil.Error:
+                return ""
+
+        wait_for(lambda: named() == "graceshellguard", 5, "the guard's name")
+        assert alive(worker_pid)
+        proc.stdin.close()
+        proc.wait(5)
+        wait_for(lambda: not alive(worker_pid), 5, "the worker to get its signal")
+        wait_for(lambda: not alive(guard_pid), 5, "the guard to exit")
+    finally:
+        for pid in (worker_pid, guard_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
