@@ -12,10 +12,11 @@ graceshell kills the guard with SIGKILL before anything else.
 The guard is /bin/sh running a one-line script, started with posix_spawn
 (no copy of graceshell's memory; about 0.1 MB of its own): before it
 signals, it checks that the worker's pid still has the worker's start time
-(/proc/PID/stat), so a recycled pid is never signalled. Where there is no
-/bin/sh (distroless images), graceshell forks itself instead and the guard
-signals through the worker's pidfd; that copy of graceshell's memory grows
-as graceshell writes to its own pages (copy-on-write), to a few MB.
+(/proc/PID/stat), so that a pid recycled after the worker is gone is not
+signalled. Where there is no /bin/sh (distroless images), graceshell forks
+itself instead and the guard signals through the worker's pidfd; that copy
+of graceshell's memory grows as graceshell writes to its own pages
+(copy-on-write), to a few MB.
 
 Why not prctl(PR_SET_PDEATHSIG) in the worker: it has to be set by the
 worker itself between fork and exec, so graceshell would have to fork its

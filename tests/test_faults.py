@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import alive, clean_env, wait_for
+from conftest import alive, clean_env, is_guard, wait_for
 from graceshell.plan import make_plan
 from graceshell.presets import preset_layer
 from graceshell.settings import Origin, Setting
@@ -122,7 +122,7 @@ def test_a_bad_parent_death_signal_is_a_one_line_error(graceshell, tmp_path, val
 
 def guard_of(run) -> psutil.Process:
     def guards() -> list[psutil.Process]:
-        return [kid for kid in psutil.Process(run.pid).children() if kid.cmdline()[:1] == ["graceshellguard"]]
+        return [kid for kid in psutil.Process(run.pid).children() if is_guard(kid)]
 
     return wait_for(guards, 10, "the guard")[0]
 
