@@ -171,3 +171,18 @@ def test_a_locked_directory_is_kept_even_when_its_pid_looks_dead(tmp_path):
         os.close(lock)
     assert rundir.sweep(str(tmp_path), keep="") == [str(held)]
     assert not held.exists()
+
+
+def test_the_sweep_removes_links_inside_a_stale_directory_without_following_them(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "deep" / "precious").write_text("keep me")
+    stale = stale_dir(tmp_path / "tmp", dead_pid(), token="3333333333333333")
+    (stale / "jobs" / "to-a-dir").symlink_to(outside)
+    (stale / "jobs" / "to-a-file").symlink_to(outside / "deep" / "precious")
+    (stale / "left" / "by" / "a-worker").mkdir(parents=True)
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    assert rundir.sweep(str(tmp_path / "tmp"), keep="") == [str(stale)]
+    assert not os.path.lexists(stale)
+    assert (outside / "deep" / "precious").read_text() == "keep me"
