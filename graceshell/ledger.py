@@ -40,7 +40,7 @@ class Ledger:
 
     def sweep_stale(self) -> list[str]:
         """Remove the run directories of graceshells that died without cleaning
-        up (a kill -9); the paths removed. Called after the worker's spawn."""
+        up (a kill -9); the paths removed. Called once the worker is running."""
         from graceshell import rundir
 
         return rundir.sweep(os.path.dirname(self.root), keep=self.root)

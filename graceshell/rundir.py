@@ -13,8 +13,8 @@ process dies however it dies; a new graceshell removes a directory of its
 own user's whose lock is free, whose pid is gone or is no graceshell, and
 which is at least MIN_AGE old (the lock covers pid reuse and other pid
 namespaces sharing $TMPDIR; the age covers the moment between the mkdir and
-the lock). The sweep happens after the worker has been spawned, so it never
-delays the worker's start; directories named otherwise (older versions,
+the lock). The supervisor sweeps half a second into the run, so it never
+delays the worker's start nor a short run; directories named otherwise (older versions,
 which held no lock) are never touched.
 """
 

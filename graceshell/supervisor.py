@@ -52,6 +52,10 @@ HOOK_TIMEOUT_WITHOUT_PLATFORM = 30.0
 # Kept free before the platform's deadline when the hook is bounded by it.
 HOOK_MARGIN = 0.5
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: graceshell itself failed
+# The sweep of run directories that kill -9'd graceshells left waits this
+# long, off the path of the worker's start and of short runs (which never
+# need it); workers are long-lived, so it happens in nearly every run.
+SWEEP_AFTER = 0.5
 
 
 def _reap_all_blocking() -> None:
@@ -97,7 +101,7 @@ class Supervisor:
         self.busy_check_at: float | None = None
         self.idle_since: float | None = None
         self.notice: dict[str, Any] | None = None
-        self.stale_removed: list[str] = []
+        self.sweep_at: float | None = None  # when to remove run directories dead graceshells left
         self.guard: Guard | None = None  # signals the worker if graceshell dies first
         self.wakeup: int | None = None
         # A storm of signals logs the first few of each, then counts per second (made after the spawn).
@@ -153,7 +157,7 @@ class Supervisor:
         self.guard = start_guard(self.pid, self.pidfd, self.plan.parent_death_signal)
         self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
         self.signal_events = RepeatSummary(self.log, "graceshell.signal_summary")
-        self.stale_removed = self.ledger.sweep_stale()
+        self.sweep_at = self.started + SWEEP_AFTER
         return wakeup
 
     # -- the loop -------------------------------------------------------------
@@ -188,9 +192,6 @@ class Supervisor:
             ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None,
             jobs_dir=self.ledger.jobs_dir if self.ledger else None,
             parent_death_signal=signal_name(self.plan.parent_death_signal))
-        if self.stale_removed:
-            self.log.info("graceshell.stale_run_dirs", removed=self.stale_removed,
-                          reason="left by graceshells that no longer exist")
         try:
             self._loop(wakeup)
         except Exception as exc:  # a bug of ours must not leave the worker's tree behind
@@ -223,6 +224,10 @@ class Supervisor:
                 self._update_busy(time.monotonic())
             for summary in (self.forwards, self.signal_events):
                 summary.flush_due(time.monotonic())
+            if self.sweep_at is not None and (self.stop_at is not None or self.main_status is not None):
+                self.sweep_at = None  # housekeeping never delays a stop; the next graceshell sweeps
+            elif self.sweep_at is not None and time.monotonic() >= self.sweep_at:
+                self._sweep()
             self._reap(selector)
             self._fire_due(time.monotonic())
             if self.main_status is not None and not self.children_remain:
@@ -240,6 +245,8 @@ class Supervisor:
         """Every moment at which graceshell must act without being woken."""
         due = [] if self.busy_check_at is None else [self.busy_check_at]
         due += [s.flush_at for s in (self.forwards, self.signal_events) if s.flush_at is not None]
+        if self.sweep_at is not None:
+            due.append(self.sweep_at)
         if self.kill_fired_at is not None:
             return [self.kill_fired_at + REAP_GRACE, *due]
         if self.stop_at is not None and self.main_status is None and self.next_step < len(self.plan.ladder):
@@ -349,6 +356,13 @@ class Supervisor:
             self.ledger.write_notice(self.notice)
         except OSError as exc:  # a full disk must not stop the stop
             self.log.error("graceshell.notice_failed", error=str(exc))
+
+    def _sweep(self) -> None:
+        self.sweep_at = None
+        assert self.ledger is not None
+        removed = self.ledger.sweep_stale()
+        if removed:
+            self.log.info("graceshell.stale_run_dirs", removed=removed, reason="left by graceshells that no longer exist")
 
     # -- busy state -------------------------------------------------------------
 

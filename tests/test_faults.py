@@ -51,7 +51,8 @@ def test_kill_9_of_graceshell_sends_the_worker_its_warm_signal(graceshell, worke
     (left,) = run_dirs(base)
     old = time.time() - 60
     os.utime(left, (old, old))
-    after = graceshell("--platform", "none", "--log-format", "json", "--", "true", env=clean_env(TMPDIR=str(base)))
+    after = graceshell("--platform", "none", "--log-format", "json", "--", "sleep", "1",
+                       env=clean_env(TMPDIR=str(base)))  # long enough for its sweep
     assert after.wait() == 0
     assert after.event("graceshell.stale_run_dirs")["removed"] == [str(left)]
     assert run_dirs(base) == []

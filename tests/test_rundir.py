@@ -83,8 +83,9 @@ def test_names_exhausted_is_an_error_not_a_reuse(tmp_path, urandom_sequence):
 
 
 def run_true(tmp: Path) -> subprocess.CompletedProcess:
+    """A run long enough for its sweep (supervisor.SWEEP_AFTER)."""
     return subprocess.run([sys.executable, "-m", "graceshell", "run", "--platform", "none", "--log-format", "json",
-                           "--", "true"], env=clean_env(TMPDIR=str(tmp)), capture_output=True, timeout=30)
+                           "--", "sleep", "1"], env=clean_env(TMPDIR=str(tmp)), capture_output=True, timeout=30)
 
 
 def dead_pid() -> int:
@@ -186,3 +187,12 @@ def test_the_sweep_removes_links_inside_a_stale_directory_without_following_them
     assert rundir.sweep(str(tmp_path / "tmp"), keep="") == [str(stale)]
     assert not os.path.lexists(stale)
     assert (outside / "deep" / "precious").read_text() == "keep me"
+
+
+def test_short_runs_and_stops_leave_the_sweep_to_others(tmp_path):
+    base = tmp_path / "tmp"
+    base.mkdir()
+    stale = stale_dir(base, dead_pid(), token="5555555555555555")
+    result = subprocess.run([sys.executable, "-m", "graceshell", "run", "--platform", "none", "--", "true"],
+                            env=clean_env(TMPDIR=str(base)), capture_output=True, timeout=30)
+    assert result.returncode == 0 and stale.exists()  # a run of `true` pays nothing for it
