@@ -66,6 +66,14 @@ def _reap_all_blocking() -> None:
             return
 
 
+def _has_exited(pid: int) -> bool:
+    """Has our child `pid` exited? It is left to be reaped (WNOWAIT)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except (ChildProcessError, AttributeError):
+        return False
+
+
 def _note_signal(signum: int, frame: Any) -> None:
     """Handler for every caught signal: the wakeup fd carries the news."""
 
@@ -154,7 +162,8 @@ class Supervisor:
         from graceshell.guard import start as start_guard
         from graceshell.summary import RepeatSummary
 
-        self.guard = start_guard(self.pid, self.pidfd, self.plan.parent_death_signal)
+        if not _has_exited(self.pid):  # a worker that is already gone (`true`) needs no guard
+            self.guard = start_guard(self.pid, self.pidfd, self.plan.parent_death_signal)
         self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
         self.signal_events = RepeatSummary(self.log, "graceshell.signal_summary")
         self.sweep_at = self.started + SWEEP_AFTER
