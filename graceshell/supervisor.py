@@ -178,7 +178,10 @@ class Supervisor:
         try:
             return self._run()
         finally:
-            self._stop_guard()
+            if self.main_status is not None:
+                self._stop_guard()
+            # else graceshell is leaving with its worker alive (an error of ours, or
+            # survivors): the guard stays, and gives the worker its parent-death signal.
             if self.ledger is not None:
                 self.ledger.remove()
             self._release()

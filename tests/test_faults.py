@@ -283,3 +283,49 @@ def test_either_guard_signals_the_worker_when_its_graceshell_dies(kind):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+CRASHING = """
+import sys
+import graceshell.logs
+from graceshell.plan import make_plan
+from graceshell.settings import Origin, Setting
+from graceshell.supervisor import Supervisor
+
+
+def broken(*args, **kwargs):
+    raise RuntimeError("a bug of graceshell's, after the spawn")
+
+
+graceshell.logs.make_logger = broken
+Supervisor(make_plan(sys.argv[1:], {"platform": Setting("none", Origin("test"))}, {}), "json").run()
+"""
+
+
+def test_a_graceshell_that_fails_after_the_spawn_leaves_no_worker_behind(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import WORKER
+
+    result = subprocess.run([sys.executable, "-c", CRASHING, sys.executable, WORKER, str(tmp_path)],
+                            env=clean_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "a bug of graceshell's" in result.stderr
+    ready = tmp_path / "ready.json"
+    if ready.exists():  # the worker got that far: it must have heard TERM and gone
+        import json
+
+        pid = json.loads(ready.read_text())["pid"]
+        wait_for(lambda: not alive(pid), 5, "the worker to go")
+
+    def workers_left() -> list[int]:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if str(tmp_path) in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc.pid)
+            except psutil.Error:
+                pass
+        return found
+
+    wait_for(lambda: not workers_left(), 5, "no worker left")
