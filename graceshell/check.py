@@ -78,6 +78,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "second_signal": {"value": plan.second_signal, "from": _from(settings, "second_signal")},
         "linger_s": {"value": plan.linger, "from": _from(settings, "linger")},
         "on_orphans": {"value": plan.on_orphans, "from": _from(settings, "on_orphans")},
+        "parent_death_signal": {"value": signal_name(plan.parent_death_signal),
+                                "from": _from(settings, "parent_death_signal", "the warm shutdown's signal")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
         "warnings": (_short_reserve(plan, floor, settings["budget"].origin if "budget" in settings else None)
@@ -301,6 +303,7 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
             ("second signal", entry["second_signal"]["value"], entry["second_signal"]["from"]),
             ("linger", _seconds(entry["linger_s"]["value"]), entry["linger_s"]["from"]),
             ("on_orphans", entry["on_orphans"]["value"] or "-", entry["on_orphans"]["from"]),
+            ("parent death", entry["parent_death_signal"]["value"], entry["parent_death_signal"]["from"]),
             ("env", " ".join(entry["env"]["value"]) or "-", entry["env"]["from"]),
         ]
         width = max(len(str(value)) for _, value, _ in rows)

@@ -246,7 +246,7 @@ def _kind(value: Any) -> str:
 PROCESS_KEYS: dict[str, str] = {
     "preset": "preset", "remap": "remap", "ladder": "ladder", "second_signal": "second_signal",
     "linger": "duration", "budget": "duration", "on_orphans": "string", "stop_signals": "signal_list",
-    "env": "env", "restart": "restart", "restart_limit": "count",
+    "env": "env", "restart": "restart", "restart_limit": "count", "parent_death_signal": "signal",
 }
 TOP_KEYS: dict[str, str] = {
     "platform": "platform", "platform_timeout": "duration", "budget": "duration",

@@ -3,7 +3,7 @@ shutdown notice, busy-state watching, and reading what jobs were left.
 
 Layout, created for every run and removed at exit:
 
-    graceshell-<pid>-<random>/        0700
+    graceshell-<pid>-<random>/        0700, made and swept up by graceshell.rundir
         jobs/                         $GRACESHELL_JOBS_DIR: one <...>.json per job in flight
         shutdown.json                 $GRACESHELL_SHUTDOWN_FILE: written at the first stop signal
 
@@ -50,22 +50,23 @@ def render_notice(notice: dict[str, Any]) -> bytes:
 
 class Ledger:
     def __init__(self) -> None:
-        base = os.environ.get("TMPDIR") or "/tmp"
-        for _ in range(10):
-            root = os.path.join(base, f"graceshell-{os.getpid()}-{os.urandom(4).hex()}")
-            try:
-                os.mkdir(root, 0o700)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise OSError(f"cannot create a run directory in {base}")
+        from graceshell import rundir
+
+        root = rundir.create(rundir.base_dir())
         self.root = root
+        self.lock_fd = rundir.claim(root)  # held until the directory is gone: it proves this run alive
         self.jobs_dir = os.path.join(root, "jobs")
         os.mkdir(self.jobs_dir, 0o700)
         self.shutdown_file = os.path.join(root, "shutdown.json")
         self.watch_fd: int | None = None
         self.notice_fd: int | None = None  # the next notice's temporary file, opened ahead
+
+    def sweep_stale(self) -> list[str]:
+        """Remove the run directories of graceshells that died without cleaning
+        up (a kill -9); the paths removed. Called once the worker is running."""
+        from graceshell import rundir
+
+        return rundir.sweep(os.path.dirname(self.root), keep=self.root)
 
     def environment(self, budget: float | None = None) -> dict[str, str]:
         env = {JOBS_DIR_ENV: self.jobs_dir, SHUTDOWN_FILE_ENV: self.shutdown_file}
@@ -161,6 +162,16 @@ class Ledger:
             if fd is not None:
                 os.close(fd)
         self.watch_fd = self.notice_fd = None
+        if self.lock_fd is not None:  # held until the directory is gone
+            lock_fd, self.lock_fd = self.lock_fd, None
+            try:
+                self._remove_files()
+            finally:
+                os.close(lock_fd)
+            return
+        self._remove_files()
+
+    def _remove_files(self) -> None:
         # What graceshell made, file by file (shutil costs an import at every exit);
         # rmtree only when a worker left more than files behind.
         for directory in (self.jobs_dir, self.root):

@@ -30,13 +30,15 @@ class RunPlan:
     """What to run and how to stop it. Built by make_plan, read by the supervisor."""
 
     __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
-                 "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans", "cold_reserve")
+                 "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans", "cold_reserve",
+                 "parent_death_signal")
 
     def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
                  platform: Platform, platform_source: str, platform_timeout: float | None,
                  stop_signals: frozenset[int], remap: dict[int, int], second_signal: str = "escalate",
                  linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None, preset: str = "generic",
-                 on_orphans: str | None = None, cold_reserve: float | None = None) -> None:
+                 on_orphans: str | None = None, cold_reserve: float | None = None,
+                 parent_death_signal: int | None = None) -> None:
         self.argv = argv
         self.name = name
         self.ladder = ladder
@@ -52,11 +54,25 @@ class RunPlan:
         self.preset = preset
         self.on_orphans = on_orphans  # command run with the orphan report on stdin
         self.cold_reserve = cold_reserve  # what a `budget-reserve` step keeps before the final KILL
+        # What graceshell's guard sends the worker if graceshell dies without
+        # stopping it (kill -9, the OOM killer); by default the warm shutdown's signal.
+        self.parent_death_signal = parent_death_signal if parent_death_signal is not None else self.warm_signal()
 
     @property
     def kill_at(self) -> float:
         """Offset of the final KILL of the whole tree."""
         return self.ladder[-1].at
+
+    def warm_signal(self) -> int:
+        """The last signal the ladder sends at 0 s for the platform's stop: the
+        one that starts the worker's warm shutdown (sidekiq: TSTP, then TERM)."""
+        warm = self.first_signal(self.platform.stop_signal)
+        for step in self.ladder[1:]:
+            if step.at > 0:
+                break
+            if step.signal is not None:
+                warm = step.signal
+        return warm
 
     def first_signal(self, received: int) -> int:
         """What the worker gets at t=0 for a stop signal `received`.
@@ -130,6 +146,10 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
     stops = _get(settings, "stop_signals") or frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
     if signal.SIGKILL in stops or signal.SIGSTOP in stops:
         raise UsageError(f"{settings['stop_signals'].origin}: KILL and STOP cannot be caught")
+    death = _get(settings, "parent_death_signal")
+    if death == signal.SIGSTOP:
+        raise UsageError(f"{settings['parent_death_signal'].origin}: STOP would leave the worker stopped with "
+                         "nobody to continue it; use the warm shutdown's signal (the default) or KILL")
     return RunPlan(
         argv=list(argv),
         name=_get(settings, "name") or os.path.basename(argv[0]),
@@ -146,6 +166,7 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         preset=_get(settings, "preset", "generic"),
         on_orphans=_get(settings, "on_orphans"),
         cold_reserve=reserve,
+        parent_death_signal=death,
     )
 
 

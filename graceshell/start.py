@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger as Logger
 
+    from graceshell.guard import Guard
+
 BASE_PORT = 5000
 PORT_STEP_PER_TYPE = 100
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
@@ -58,6 +60,7 @@ class Instance:
         self.colour = colour
         self.proc: subprocess.Popen[bytes] | None = None
         self.pidfd: int | None = None
+        self.guard: Guard | None = None  # TERMs this process's graceshell if `start` dies first
         # stdout and stderr each have their own pipe (and partial line): a
         # program's buffered stdout must not be cut by a line on its stderr.
         self.outputs: dict[int, bytes] = {}
@@ -144,6 +147,17 @@ class Starter:
             self.selector.register(instance.pidfd, selectors.EVENT_READ, ("exit", instance))
         except (AttributeError, OSError):
             instance.pidfd = None  # SIGCHLD wakes the loop instead
+        # A kill -9 of `start` must not leave its graceshells running on their
+        # own: each one's guard sends it TERM, a stop with its own ladder.
+        from graceshell.guard import start as start_guard
+
+        instance.guard = start_guard(instance.proc.pid, instance.pidfd, signal.SIGTERM)
+
+    @staticmethod
+    def _stop_guard(instance: Instance) -> None:
+        if instance.guard is not None:
+            instance.guard.stop()
+            instance.guard = None
 
     def _close_output(self, instance: Instance, fd: int) -> None:
         partial = instance.outputs.pop(fd)
@@ -169,6 +183,7 @@ class Starter:
 
     def _on_exit(self, instance: Instance, now: float) -> None:
         assert instance.proc is not None
+        self._stop_guard(instance)
         code = shell_status(instance.proc.wait())
         if instance.pidfd is not None:
             self.selector.unregister(instance.pidfd)
@@ -225,6 +240,7 @@ class Starter:
         import psutil
 
         for instance in self.instances:
+            self._stop_guard(instance)
             if instance.proc is None:
                 continue
             try:

@@ -33,11 +33,17 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger
 
+    from graceshell.guard import Guard
+    from graceshell.summary import RepeatSummary
+
 # How long to wait for the kernel to finish off a SIGKILLed tree before
 # reporting survivors (processes stuck in uninterruptible sleep) and leaving.
 REAP_GRACE = 5.0
 # Signals Python itself ignores at start-up; their SIG_IGN says nothing about
-# what our parent wanted, so they are caught and reset for the worker.
+# what our parent wanted, so they are reset to their defaults for the worker.
+# graceshell keeps ignoring them and never forwards them: they are raised by
+# its own writes (a log line to a closed pipe after a log collector or
+# `graceshell start` died), and a forwarded SIGPIPE would kill the worker.
 _PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))})
 BUSY_INTERVAL = 1.0  # seconds: the most often graceshell.busy is logged
 # How long the ledger must stay empty before the worker is reported idle: the
@@ -48,6 +54,10 @@ HOOK_TIMEOUT_WITHOUT_PLATFORM = 30.0
 # Kept free before the platform's deadline when the hook is bounded by it.
 HOOK_MARGIN = 0.5
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: graceshell itself failed
+# The sweep of run directories that kill -9'd graceshells left waits this
+# long, off the path of the worker's start and of short runs (which never
+# need it); workers are long-lived, so it happens in nearly every run.
+SWEEP_AFTER = 0.5
 
 
 def _reap_all_blocking() -> None:
@@ -56,6 +66,14 @@ def _reap_all_blocking() -> None:
             os.waitpid(-1, 0)
         except ChildProcessError:
             return
+
+
+def _has_exited(pid: int) -> bool:
+    """Has our child `pid` exited? It is left to be reaped (WNOWAIT)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except (ChildProcessError, AttributeError):
+        return False
 
 
 def _note_signal(signum: int, frame: Any) -> None:
@@ -94,6 +112,12 @@ class Supervisor:
         self.busy_check_at: float | None = None
         self.idle_since: float | None = None
         self.notice: dict[str, Any] | None = None
+        self.sweep_at: float | None = None  # when to remove run directories dead graceshells left
+        self.guard: Guard | None = None  # signals the worker if graceshell dies first
+        self.wakeup: int | None = None
+        # A storm of signals logs the first few of each, then counts per second (made with the logger).
+        self.forwards: RepeatSummary
+        self.signal_events: RepeatSummary
 
     # -- start ---------------------------------------------------------------
 
@@ -104,6 +128,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         caught = set()
         for signum in sorted(forwardable_signals() | self.plan.stop_signals | {int(signal.SIGCHLD)}):
+            if signum in _PYTHON_IGNORES and signum not in self.plan.stop_signals:
+                continue
             inherited_ignore = (signal.getsignal(signum) == signal.SIG_IGN
                                 and signum not in _PYTHON_IGNORES)
             # A signal our parent ignored (nohup's HUP) stays ignored, for us
@@ -122,7 +148,7 @@ class Supervisor:
         the worker exists waits in the pipe and is acted on right after.
         Raises OSError when the command cannot be executed.
         """
-        wakeup = self._catch_signals()
+        wakeup = self.wakeup = self._catch_signals()
         self.subreaper = tree.become_subreaper()
         self.ledger = Ledger()
         # Files (preset, graceshell.yml, .env) set defaults; the real environment
@@ -137,6 +163,12 @@ class Supervisor:
                 self.pidfd = os.pidfd_open(self.pid)
             except OSError:  # kernels before 5.3
                 self.pidfd = None
+        # After the spawn, so that none of this delays the worker's start.
+        from graceshell.guard import start as start_guard
+
+        if not _has_exited(self.pid):  # a worker that is already gone (`true`) needs no guard
+            self.guard = start_guard(self.pid, self.pidfd, self.plan.parent_death_signal)
+        self.sweep_at = self.started + SWEEP_AFTER
         return wakeup
 
     # -- the loop -------------------------------------------------------------
@@ -146,8 +178,24 @@ class Supervisor:
         try:
             return self._run()
         finally:
+            if self.main_status is not None:
+                self._stop_guard()
+            # else graceshell is leaving with its worker alive (an error of ours, or
+            # survivors): the guard stays, and gives the worker its parent-death signal.
             if self.ledger is not None:
                 self.ledger.remove()
+            self._release()
+
+    def _release(self) -> None:
+        """Close what the run opened, so that runs in one process leave nothing behind."""
+        if self.wakeup is not None:
+            written = signal.set_wakeup_fd(-1)
+            for fd in {written, self.wakeup} - {-1}:
+                os.close(fd)
+            self.wakeup = None
+        if self.pidfd is not None:  # the worker never exited (survivors)
+            os.close(self.pidfd)
+            self.pidfd = None
 
     def _run(self) -> int:
         wakeup = self.start()
@@ -156,24 +204,33 @@ class Supervisor:
         # waits in the wakeup pipe for the loop below.
         from graceshell.logs import make_logger
 
+        from graceshell.summary import RepeatSummary
+
         self.log = make_logger(self.log_format, self.log_level, process=self.plan.name)
+        self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
+        self.signal_events = RepeatSummary(self.log, "graceshell.signal_summary")
         self.log.info(
             "graceshell.start", pid=self.pid, command=self.plan.argv, graceshell_pid=os.getpid(),
             platform=self.plan.platform.name, platform_source=self.plan.platform_source,
             platform_timeout_s=self.plan.platform_timeout, budget_s=self.plan.budget,
             ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None,
-            jobs_dir=self.ledger.jobs_dir if self.ledger else None)
+            jobs_dir=self.ledger.jobs_dir if self.ledger else None,
+            parent_death_signal=signal_name(self.plan.parent_death_signal))
         try:
             self._loop(wakeup)
         except Exception as exc:  # a bug of ours must not leave the worker's tree behind
             self.log.error("graceshell.internal_error", error=repr(exc))
+            self._stop_guard()
             tree.signal_descendants(signal.SIGKILL, until_gone=True)
             _reap_all_blocking()
             return INTERNAL_ERROR_EXIT
         return self._finish()
 
     def _loop(self, wakeup: int) -> None:
-        selector = selectors.DefaultSelector()
+        with selectors.DefaultSelector() as selector:
+            self._loop_in(selector, wakeup)
+
+    def _loop_in(self, selector: selectors.BaseSelector, wakeup: int) -> None:
         selector.register(wakeup, selectors.EVENT_READ)
         if self.pidfd is not None:
             selector.register(self.pidfd, selectors.EVENT_READ)
@@ -192,6 +249,12 @@ class Supervisor:
                     self._update_busy(time.monotonic())
             if self.busy_check_at is not None and time.monotonic() >= self.busy_check_at:
                 self._update_busy(time.monotonic())
+            for summary in (self.forwards, self.signal_events):
+                summary.flush_due(time.monotonic())
+            if self.sweep_at is not None and (self.stop_at is not None or self.main_status is not None):
+                self.sweep_at = None  # housekeeping never delays a stop; the next graceshell sweeps
+            elif self.sweep_at is not None and time.monotonic() >= self.sweep_at:
+                self._sweep()
             self._reap(selector)
             self._fire_due(time.monotonic())
             if self.main_status is not None and not self.children_remain:
@@ -208,6 +271,9 @@ class Supervisor:
     def _deadlines(self) -> list[float]:
         """Every moment at which graceshell must act without being woken."""
         due = [] if self.busy_check_at is None else [self.busy_check_at]
+        due += [s.flush_at for s in (self.forwards, self.signal_events) if s.flush_at is not None]
+        if self.sweep_at is not None:
+            due.append(self.sweep_at)
         if self.kill_fired_at is not None:
             return [self.kill_fired_at + REAP_GRACE, *due]
         if self.stop_at is not None and self.main_status is None and self.next_step < len(self.plan.ladder):
@@ -251,8 +317,9 @@ class Supervisor:
         if signum not in self.plan.stop_signals:
             sent = self.plan.remap.get(signum, signum)
             if self._send_main(sent):
-                self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
-            else:
+                if self.forwards.admit(now, name):
+                    self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
+            elif self.signal_events.admit(now, f"{name} dropped"):
                 self.log.info("graceshell.signal", signal=name, action="dropped", reason="worker has exited")
             return
         if self.stop_at is None:
@@ -273,14 +340,16 @@ class Supervisor:
         name = signal_name(signum)
         platform = self.plan.platform
         if platform.repeats_stop_signal and signum == platform.stop_signal == self.stop_signal:
-            self.log.info("graceshell.signal", signal=name, action="ignored",
-                          reason=f"{platform.name} repeats its stop signal")
+            if self.signal_events.admit(now, f"{name} ignored"):
+                self.log.info("graceshell.signal", signal=name, action="ignored",
+                              reason=f"{platform.name} repeats its stop signal")
             return
         policy = self.plan.second_signal
-        self.log.info("graceshell.signal", signal=name, action=policy, repeat=True)
+        if self.signal_events.admit(now, f"{name} {policy}"):
+            self.log.info("graceshell.signal", signal=name, action=policy, repeat=True)
         if policy == "forward":
             sent = self.plan.remap.get(signum, signum)
-            if self._send_main(sent):
+            if self._send_main(sent) and self.forwards.admit(now, name):
                 self.log.info("graceshell.forward", signal=signal_name(sent), received=name, pid=self.pid)
         elif policy == "escalate":
             if self.main_status is None:
@@ -324,6 +393,13 @@ class Supervisor:
             self.ledger.prepare_notice()
         except OSError as exc:  # the notice is written the slow way at the stop, or reported then
             self.log.debug("graceshell.notice_prepare_failed", error=str(exc))
+
+    def _sweep(self) -> None:
+        self.sweep_at = None
+        assert self.ledger is not None
+        removed = self.ledger.sweep_stale()
+        if removed:
+            self.log.info("graceshell.stale_run_dirs", removed=removed, reason="left by graceshells that no longer exist")
 
     # -- busy state -------------------------------------------------------------
 
@@ -437,6 +513,9 @@ class Supervisor:
             if pid == self.pid:
                 self._on_main_exit(status, selector)
                 main_exited = True
+            elif self.guard is not None and pid == self.guard.pid:  # killed by someone: the worker is unguarded
+                self.guard.lost()
+                self.log.warning("graceshell.guard_lost", pid=pid, status=os.waitstatus_to_exitcode(status))
             else:
                 self.reaped_orphans += 1
                 self.log.debug("graceshell.reap", pid=pid, exit_code=os.waitstatus_to_exitcode(status))
@@ -445,8 +524,14 @@ class Supervisor:
             self.log.info("graceshell.leftovers", action="linger", linger_s=self.plan.linger,
                           processes=tree.living_descendants())
 
+    def _stop_guard(self) -> None:
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
+
     def _on_main_exit(self, status: int, selector: selectors.BaseSelector) -> None:
         self.main_status, self.main_exit_at = status, time.monotonic()
+        self._stop_guard()  # nothing left to guard; graceshell waits for no helper of its own
         if self.pidfd is not None:
             selector.unregister(self.pidfd)  # an exited pidfd stays readable forever
             os.close(self.pidfd)
@@ -459,6 +544,8 @@ class Supervisor:
 
     def _finish(self) -> int:
         assert self.main_status is not None or self.survivors
+        for summary in (self.forwards, self.signal_events):
+            summary.flush(time.monotonic())  # what was counted is logged before the report
         orphaned = self.ledger.entries(time.time()) if self.ledger is not None else []
         for job in orphaned:
             self.log.warning("graceshell.orphaned_job", **job)

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36
+# graceshell's own helper processes (the orphan guard): children of
+# graceshell, but never part of the worker's tree, never signalled or reported.
+_HELPERS: set[int] = set()
 # Rounds of "find the living, kill them" before giving up: each round catches
 # children forked between the previous scan and its kill.
 _KILL_ROUNDS = 20
@@ -43,6 +46,14 @@ def spawn_worker(argv: list[str], env: dict[str, str], reset: frozenset[int]) ->
     (ENOENT, EACCES) to us as OSError.
     """
     return os.posix_spawnp(argv[0], argv, env, setsid=True, setsigdef=reset)
+
+
+def add_helper(pid: int) -> None:
+    _HELPERS.add(pid)
+
+
+def remove_helper(pid: int) -> None:
+    _HELPERS.discard(pid)
 
 
 def _proc_path_available() -> bool:
@@ -93,6 +104,12 @@ def _describe(proc: Any, now: float) -> dict[str, Any] | None:
         return None
 
 
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (Linux); None elsewhere or when gone."""
+    stat = _proc_stat(pid)
+    return stat[1] if stat is not None else None
+
+
 def _proc_stat(pid: int) -> tuple[str, int, str] | None:
     """(state, start time in clock ticks, command name) from /proc/PID/stat."""
     try:
@@ -129,7 +146,7 @@ def _walk_from_proc() -> list[int]:
     It costs in proportion to the tree, not to every process on the machine
     (as a scan of all /proc/*/stat does).
     """
-    order, queue = [], _children(os.getpid())
+    order, queue = [], [pid for pid in _children(os.getpid()) if pid not in _HELPERS]
     while queue:
         pid = queue.pop(0)
         order.append(pid)
@@ -203,7 +220,7 @@ def signal_descendants(signum: int, *, until_gone: bool) -> list[dict[str, Any]]
     for _ in range(_KILL_ROUNDS if until_gone else 1):
         now = time.time()
         try:
-            found = me.children(recursive=True)
+            found = _without_helpers(me.children(recursive=True))
         except psutil.Error:
             found = []
         fresh = 0
@@ -231,7 +248,12 @@ def living_descendants() -> list[dict[str, Any]]:
 
     now = time.time()
     try:
-        found = psutil.Process().children(recursive=True)
+        found = _without_helpers(psutil.Process().children(recursive=True))
     except psutil.Error:
         return []
     return [info for info in (_describe(p, now) for p in found) if info is not None]
+
+
+def _without_helpers(procs: list[Any]) -> list[Any]:
+    """psutil's descendants of graceshell minus its helpers (which have no children)."""
+    return [proc for proc in procs if proc.pid not in _HELPERS]

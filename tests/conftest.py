@@ -32,6 +32,14 @@ def alive(pid: int) -> bool:
         return False
 
 
+def is_guard(proc: psutil.Process) -> bool:
+    """graceshell's own guard process (argv[0] graceshellguard), no part of the worker's tree."""
+    try:
+        return proc.cmdline()[:1] == ["graceshellguard"]
+    except psutil.Error:  # a zombie, or gone
+        return False
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
