@@ -110,7 +110,7 @@ where each value comes from. Exit 2 on any error."""
 
 # Flags that are settings, with the key each one sets.
 SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
-                 "linger", "stop_signals", "on_orphans", "log_format", "log_level")
+                 "linger", "stop_signals", "parent_death_signal", "on_orphans", "log_format", "log_level")
 
 
 # -- value types: each one parses, and completes where there is a list to offer -----------------
@@ -203,6 +203,7 @@ def _complete_process_type(ctx: click.Context, param: click.Parameter, incomplet
 DURATION = _ParsedValue("duration", parse_duration)
 SIGNALS = _ParsedValue("signals", _signal_list)
 REMAP = _ParsedValue("from:to", _remap)
+SIGNAL = _ParsedValue("signal", parse_signal)
 LADDER = _ParsedValue("ladder", _ladder)
 
 
@@ -240,6 +241,9 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                           "(default: 2s)"),
         click.option("--stop-signals", metavar="LIST", type=SIGNALS,
                      help="signals that start a stop (default: TERM,INT,QUIT)"),
+        click.option("--parent-death-signal", metavar="SIG", type=SIGNAL,
+                     help="what the worker gets if graceshell itself dies (kill -9, the OOM killer); default: the "
+                          "warm shutdown's signal"),
         click.option("--on-orphans", metavar="COMMAND",
                      help="run after a kill that orphaned jobs, with the report on stdin"),
         click.option("--log-format", type=click.Choice(FORMATS), envvar=LOG_FORMAT_ENV,

@@ -198,4 +198,5 @@ def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "js
         argv += ["--remap", f"{signal_name(source)}:{signal_name(target)}"]
     if plan.on_orphans:
         argv += ["--on-orphans", plan.on_orphans]
+    argv += ["--parent-death-signal", signal_name(plan.parent_death_signal)]
     return [*argv, "--", *plan.argv]
