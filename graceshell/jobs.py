@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 JOBS_DIR_ENV = "GRACESHELL_JOBS_DIR"
+# An entry is a few hundred bytes; graceshell reads at most this much of one.
+MAX_ENTRY = 64 * 1024
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -42,15 +44,44 @@ def _file_name(job_id: str) -> str:
 
 
 def write_entry(directory: str, entry: dict[str, Any]) -> str:
-    """Write one ledger entry atomically; returns its path."""
+    """Write one ledger entry atomically; returns its path.
+
+    Raises OSError only: fields that JSON cannot hold (a cycle, a tuple key)
+    or that make the entry larger than graceshell reads are left out, and
+    the entry says so.
+    """
+    path = os.path.join(directory, _file_name(str(entry["id"])))
+    _write_atomically(path, _encode(entry))
+    return path
+
+
+def _encode(entry: dict[str, Any]) -> bytes:
     import json
 
-    path = os.path.join(directory, _file_name(str(entry["id"])))
-    temp = os.path.join(directory, "." + os.path.basename(path) + ".tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(entry, handle, default=str)
-    os.replace(temp, path)
-    return path
+    try:
+        data = json.dumps(entry, default=str).encode("utf-8", "backslashreplace")
+    except Exception as exc:  # noqa: BLE001 - a cycle, a tuple key, a __str__ that raises: never the job's failure
+        reason = f"extra fields left out: {exc.__class__.__name__}: {exc}"[:200]
+    else:
+        if len(data) <= MAX_ENTRY:
+            return data
+        reason = f"extra fields left out: larger than {MAX_ENTRY} bytes"
+    core = {key: entry.get(key) for key in ("id", "name", "pid", "started_at")}
+    return json.dumps({**core, "note": reason}, default=str).encode("utf-8", "backslashreplace")[:MAX_ENTRY]
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except OSError:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
 
 
 def _entries_of(job_id: str) -> list[str]:
@@ -68,18 +99,16 @@ def _entries_of(job_id: str) -> list[str]:
 
 def update(job_id: str, **fields: Any) -> None:
     """Add `fields` to the ledger entry of `job_id` (e.g. requeued=True), from any process."""
-    import json
+    from graceshell.jsonfile import Unreadable, read_object
 
     for path in _entries_of(job_id):
         try:
-            with open(path, encoding="utf-8") as handle:
-                entry = json.load(handle)
-            entry.update(fields)
-            temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-            with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(entry, handle, default=str)
-            os.replace(temp, path)
-        except (OSError, ValueError):
+            entry = read_object(path, MAX_ENTRY)
+        except Unreadable:
+            continue  # not ours to repair: graceshell reports it as it is
+        try:
+            _write_atomically(path, _encode({**entry, **fields}))
+        except OSError:
             pass
 
 
