@@ -16,8 +16,8 @@ _LONGEST_TEXT = 100
 
 def parse_duration(text: str | int | float) -> float:
     """Seconds in `text`; raises ValueError with a message fit for the user."""
-    if isinstance(text, bool):
-        raise ValueError(f"invalid duration {text!r} (use e.g. 25s, 500ms, 2m)")
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise ValueError(f"invalid duration {shown(text)} (use e.g. 25s, 500ms, 2m)")
     if isinstance(text, (int, float)):
         if text != text:  # NaN
             raise ValueError("invalid duration: not a number (use e.g. 25s, 500ms, 2m)")

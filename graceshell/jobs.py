@@ -56,16 +56,19 @@ def write_entry(directory: str, entry: dict[str, Any]) -> str:
 
 
 def _encode(entry: dict[str, Any]) -> bytes:
+    """The entry as graceshell will read it back (jsonfile.parse_object), whatever its extra fields hold."""
     import json
 
+    from graceshell.jsonfile import Unreadable, parse_object
+
     try:
-        data = json.dumps(entry, default=str).encode("utf-8", "backslashreplace")
+        data = json.dumps(entry, default=str, allow_nan=False).encode("utf-8", "backslashreplace")
+        if len(data) > MAX_ENTRY:
+            raise Unreadable(f"larger than {MAX_ENTRY} bytes")
+        parse_object(data)  # nested too deep, or a number the reader refuses
+        return data
     except Exception as exc:  # noqa: BLE001 - a cycle, a tuple key, a __str__ that raises: never the job's failure
-        reason = f"extra fields left out: {exc.__class__.__name__}: {exc}"[:200]
-    else:
-        if len(data) <= MAX_ENTRY:
-            return data
-        reason = f"extra fields left out: larger than {MAX_ENTRY} bytes"
+        reason = f"extra fields left out: {exc}"[:200]
     core = {key: entry.get(key) for key in ("id", "name", "pid", "started_at")}
     return json.dumps({**core, "note": reason}, default=str).encode("utf-8", "backslashreplace")[:MAX_ENTRY]
 
