@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m compileall -q graceshell
 	touch $@
 
-.PHONY: demo test bench
+.PHONY: demo test bench fuzz
 demo: $(VENV)/.installed
 	bash examples/demo.sh
 
@@ -21,3 +21,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	bash tools/install-test-deps
 	$(VENV)/bin/python benchmarks/run.py --json benchmarks/results.json
+
+# The fuzz tests with 40 times the examples of the suite's derandomized run,
+# on new random inputs each time (about half an hour).
+fuzz: $(VENV)/.installed
+	GRACESHELL_FUZZ=long $(VENV)/bin/python -m pytest tests/test_fuzz_parsers.py tests/test_fuzz_readers.py tests/test_fuzz_cli.py -q

@@ -199,7 +199,7 @@ WORDS = ["auto", "heroku", "fly", "railway", "none", "json", "console", "debug",
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(-(10**30), 10**30),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), nasty_text(),
-    st.sampled_from(SIGNALS + DURATIONS + WORDS), st.binary(max_size=8),
+    st.sampled_from(SIGNALS + DURATIONS + WORDS), st.binary(max_size=8), st.dates(), st.datetimes(),
 )
 values = st.recursive(
     scalars,
