@@ -144,7 +144,7 @@ def read_yaml(path: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     import yaml
 
     text = read_user_file(path, "config file not found", ConfigError)
-    name = one_line(path, MAX_SHOWN)
+    name = one_line(path)
     loader = None
     try:
         loader = _loader_class()(text)  # checks every character first: ReaderError

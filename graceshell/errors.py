@@ -59,7 +59,7 @@ def read_user_file(path: str, missing: str, error: type[GraceshellError] = Usage
     another encoding ends in an error naming the file (and the line), not in
     a hang or a traceback. A UTF-8 byte-order mark is dropped.
     """
-    name = one_line(path, MAX_SHOWN)
+    name = one_line(path)
     try:
         # Not O_NONBLOCK: `--config <(generate)` is a pipe whose writer may be slow.
         with open(path, "rb") as handle:
@@ -71,7 +71,7 @@ def read_user_file(path: str, missing: str, error: type[GraceshellError] = Usage
     except ValueError:  # a path with a NUL byte
         raise error(f"{name}: cannot read: the name has a NUL byte") from None
     if len(data) > MAX_USER_FILE:
-        raise error(f"{name}: larger than {MAX_USER_FILE // 1024} KiB; is this the right file?")
+        raise error(f"{name}: larger than {MAX_USER_FILE >> 20} MiB; is this the right file?")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -69,8 +69,21 @@ def _encode(entry: dict[str, Any]) -> bytes:
         return data
     except Exception as exc:  # noqa: BLE001 - a cycle, a tuple key, a __str__ that raises: never the job's failure
         reason = f"extra fields left out: {exc}"[:200]
-    core = {key: entry.get(key) for key in ("id", "name", "pid", "started_at")}
-    return json.dumps({**core, "note": reason}, default=str).encode("utf-8", "backslashreplace")[:MAX_ENTRY]
+    core = {key: _plain(entry.get(key)) for key in ("id", "name", "pid", "started_at")}
+    return json.dumps({**core, "note": reason}).encode("ascii")
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON and graceshell's reader take it: a number or short text."""
+    from graceshell.jsonfile import finite_number
+
+    if value is None or isinstance(value, bool) or (finite_number(value) is not None and abs(value) < 2**63):
+        return value
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        text = f"<{type(value).__name__}>"
+    return text[:1000]
 
 
 def _write_atomically(path: str, data: bytes) -> None:

@@ -93,7 +93,7 @@ def assert_clean_outcome(proc: subprocess.CompletedProcess[bytes], allowed: froz
         lines = stderr.splitlines()
         assert len(lines) == 1 and stderr.endswith("\n"), f"not one line:\n{stderr[-3000:]}"
         assert lines[0].startswith("graceshell: error: "), lines[0]
-        assert_one_line(lines[0])
+        assert_one_line(lines[0].removeprefix("graceshell: error: "))
 
 
 # -- hostile pieces -------------------------------------------------------------------------

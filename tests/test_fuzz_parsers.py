@@ -63,7 +63,7 @@ def _check_config(path: Path) -> None:
 
 # -- graceshell.yml -----------------------------------------------------------------------------
 
-@examples(150)
+@examples(120)
 @given(document=yaml_text())
 def test_config_documents(scratch: Path, document: bytes) -> None:
     count("graceshell.yml: schema documents, mutated")
@@ -157,7 +157,7 @@ def test_mutated_procfile(text: bytes) -> None:
     _check_procfile(decoded)
 
 
-@examples(150)
+@examples(120)
 @given(text=st.lists(st.builds(lambda name, sep, command: f"{name}{sep}{command}",
                                st.sampled_from(["worker", "web", "w-1", "bad name", "", "#x", "x!"]) | nasty_text(8),
                                st.sampled_from([":", ": ", ":\t", "", " : "]),
@@ -178,7 +178,7 @@ def _check_dotenv(text: str) -> None:
         os.environ.copy()[name] = value  # what `run` does with it: must not raise
 
 
-@examples(150)
+@examples(120)
 @given(text=st.lists(st.builds(lambda export, name, sep, value: f"{export}{name}{sep}{value}",
                                st.sampled_from(["", "export ", "export\t", "EXPORT "]),
                                st.sampled_from(["A", "PATH_X", "_", "1B", "a b", "", "É"]) | nasty_text(6),
@@ -248,7 +248,7 @@ ladder_specs = st.lists(st.builds(lambda sig, sep, at: f"{sig}{sep}{at}", st.sam
                         max_size=5).map(",".join) | nasty_text()
 
 
-@examples(300)
+@examples(200)
 @given(spec=ladder_specs, budget=st.sampled_from([0.0, 0.001, 5.0, 25.0, MAX_DURATION]))
 def test_ladder_specs(spec: str, budget: float) -> None:
     count("ladder specs")
