@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from graceshell.errors import UsageError, read_user_file
+from graceshell.errors import UsageError, read_user_file, shown
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
@@ -57,17 +57,17 @@ def parse_procfile(text: str, path: str = "Procfile") -> Procfile:
         if match is None:
             name = line.partition(":")[0].strip()
             if ":" in line and not PROCESS_NAME.fullmatch(name):
-                reason = f"process type {name!r} may use only letters, digits, _ and -"
+                reason = f"process type {shown(name)} may use only letters, digits, _ and -"
             elif ":" in line:
-                reason = f"process type {name!r} has no command"
+                reason = f"process type {shown(name)} has no command"
             else:
                 reason = "expected NAME: COMMAND"
             raise UsageError(f"{path}:{number}: {reason}")
         name, command = match.group(1), match.group(2).strip()
         if not command:
-            raise UsageError(f"{path}:{number}: process type {name!r} has no command")
+            raise UsageError(f"{path}:{number}: process type {shown(name)} has no command")
         if name in processes:
-            raise UsageError(f"{path}:{number}: process type {name!r} is already defined on line {lines[name]}")
+            raise UsageError(f"{path}:{number}: process type {shown(name)} is already defined on line {lines[name]}")
         processes[name] = command
         lines[name] = number
     if not processes:
