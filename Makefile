@@ -9,11 +9,20 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m compileall -q graceshell
 	touch $@
 
+# arq cannot share .venv with Celery (their redis-py versions exclude each
+# other): the arq survival tests run its worker from an environment of its own.
+ARQ_VENV := .venv-arq
+
+$(ARQ_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(ARQ_VENV)
+	$(ARQ_VENV)/bin/pip install --quiet --editable '.[arq]' --config-settings editable_mode=compat
+	touch $@
+
 .PHONY: demo test bench fuzz
 demo: $(VENV)/.installed
 	bash examples/demo.sh
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(ARQ_VENV)/.installed
 	bash tools/install-test-deps
 	$(VENV)/bin/python -m pytest
 

@@ -182,6 +182,30 @@ def startup(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, object]
     return results
 
 
+def imports(trials: int) -> dict[str, object]:
+    """`python -X importtime -m graceshell run -- true`: what click, structlog
+    and graceshell's own command line cost to import, and proof that the
+    logging library comes after the spawn (it is imported by the supervisor
+    once the worker runs)."""
+    cumulative: dict[str, list[float]] = {"click": [], "structlog": [], "graceshell.cli": []}
+    after_spawn = True
+    for _ in range(trials):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "graceshell", "run", "--platform", "none",
+                               "--log-format", "json", "--", "true"], capture_output=True, text=True)
+        order = []
+        for line in proc.stderr.splitlines():
+            if line.startswith("import time:") and line.count("|") == 2:
+                _, total, name = line.split("|")
+                order.append(name.strip())
+                if name.strip() in cumulative:
+                    cumulative[name.strip()].append(int(total) / 1000)
+        # graceshell.tree spawns the worker; structlog must not be imported before it.
+        after_spawn &= "structlog" in order and order.index("graceshell.tree") < order.index("structlog")
+    results: dict[str, object] = {f"import {name}, ms": stats(values) for name, values in cumulative.items() if values}
+    results["structlog imported after the spawn"] = after_spawn
+    return results
+
+
 # -- 2. forwarding ---------------------------------------------------------------------------------
 
 def _receiver_under(argv: list[str]) -> tuple[subprocess.Popen, int]:
@@ -233,6 +257,27 @@ def forwarding(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, obje
             proc.wait()
         if latencies:
             results[name if name != "bare" else "kernel floor (direct)"] = stats(latencies)
+    # The first stop again, but 2 ms after a USR1 has been forwarded: the
+    # same work (shutdown notice, then the signal) on a process that has just
+    # run, which separates what the notice costs from what waking a process
+    # that has slept costs on this machine.
+    if GRACESHELL:
+        latencies = []
+        for _ in range(trials):
+            proc, _pid = _receiver_under(wrappers.argv("graceshell", [receiver]))
+            time.sleep(0.15)
+            os.kill(proc.pid, signal.SIGUSR1)
+            _next_signal(proc)
+            time.sleep(0.002)
+            sent = time.monotonic_ns()
+            os.kill(proc.pid, signal.SIGTERM)
+            got = _next_signal(proc)
+            if got is not None and got[0] == signal.SIGTERM:
+                latencies.append((got[1] - sent) / 1e6)
+            kill_tree(proc.pid, proc.known)  # type: ignore[attr-defined]
+            proc.wait()
+        if latencies:
+            results["graceshell, first stop just after a USR1"] = stats(latencies)
     # Steady state: many forwards in one run (graceshell passes USR1 as it is).
     if GRACESHELL:
         proc, _pid = _receiver_under(wrappers.argv("graceshell", [receiver]))
@@ -429,6 +474,31 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
+# The start-up and first-stop targets, checked against this run's own figures.
+TARGETS = (
+    ("worker exec'd after graceshell's start, ms", "start-up, wall ms", "graceshell: worker exec'd after (ms)", 70.0),
+    ("first stop forwarded, ms", "forwarding latency, ms (SIGTERM to the wrapper -> handler in the worker)",
+     "graceshell", 0.3),
+    ("peak RSS, MB", "idle cost and peak RSS", "graceshell", 25.0),
+)
+
+
+def print_targets(report: dict[str, object]) -> None:
+    print("\ntargets")
+    for label, section, key, limit in TARGETS:
+        figures = report.get(section)
+        value = figures.get(key) if isinstance(figures, dict) else None
+        if isinstance(value, dict):
+            value = value.get("median", value.get("peak_rss_mb"))
+        if isinstance(value, (int, float)):
+            print(f"  {label:<44} {value:9.3f}  target <= {limit:g}: {'met' if value <= limit else 'NOT met'}")
+    up = report.get("start-up, wall ms")
+    if isinstance(up, dict) and "honcho run true" in up and "graceshell true" in up:
+        times = up["graceshell true"]["median"] / up["honcho run true"]["median"]
+        print(f"  {'run -- true / honcho run true':<44} {times:9.3f}  target <= 1.1: "
+              f"{'met' if times <= 1.1 else 'NOT met'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few trials of each (about 30 s), for CI")
@@ -455,6 +525,7 @@ def main() -> None:
         receiver, forker = build(workdir, "receiver"), build(workdir, "forker")
         sections = [
             ("start-up, wall ms", lambda: startup(wrappers, receiver, 5 if smoke else 40)),
+            ("imports on the start path (python -X importtime)", lambda: imports(3 if smoke else 20)),
             ("forwarding latency, ms (SIGTERM to the wrapper -> handler in the worker)",
              lambda: forwarding(wrappers, receiver, 3 if smoke else 30)),
             ("ladder accuracy, ms late (from the worker's TERM)", lambda: ladder(wrappers, receiver, 2 if smoke else 20)),
@@ -479,6 +550,7 @@ def main() -> None:
     if "honcho run true" in up and "graceshell true" in up:
         print(f"\ngraceshell run -- true vs honcho run true: "
               f"{ratio(up['graceshell true']['median'], up['honcho run true']['median'])}")
+    print_targets(report)
     thru = report["start output throughput"]
     assert isinstance(thru, dict)
     if "honcho start" in thru and "graceshell start" in thru:

@@ -4,22 +4,30 @@ process will really get, with where every value comes from."""
 from __future__ import annotations
 
 import shlex
+import signal
 
-from graceshell.durations import format_duration
-from graceshell.ladder import describe
+from graceshell.durations import format_duration, parse_duration
+from graceshell.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE, cold_reserve,
+                               describe, resolve_offset)
 from graceshell.plan import make_plan, resolve_platform
-from graceshell.platforms import BROADCAST_ALL, PLATFORM_MARGIN
-from graceshell.signals import signal_name
+from graceshell.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
+from graceshell.signals import parse_signal, signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
+    from graceshell.ladder import StepSpec
     from graceshell.plan import RunPlan
     from graceshell.resolve import Sources
     from graceshell.settings import Setting
 
+# Platforms that broadcast by default but let the deployment choose graceshell
+# alone as the receiver, and how.
+_WHO_GETS_THE_SIGNAL = {
+    "systemd": "with the default KillMode=control-group; KillMode=mixed in the unit sends it to graceshell alone",
+}
 SHORT_GRACE = 10.0  # seconds: below this, say loudly that there is little room for a warm stop
 BUILT_IN = "built-in"
 
@@ -41,6 +49,15 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     else:
         budget_from = f"platform timeout - {format_duration(PLATFORM_MARGIN)}, at least 80% of it"
     stops = plan.stop_signals
+    specs: list[StepSpec] = list(_get_value(settings, "ladder") or ())
+    uses_reserve = any(_is_reserve(spec.at) for spec in specs)
+    floor = _get_value(settings, "cold_floor")
+    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(floor or DEFAULT_COLD_FLOOR)}"
+                    f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)} "
+                    "or half the budget")
+    errors = collapse_errors(plan, specs, floor, budget_origin=settings["budget"].origin if "budget" in settings
+                             else None)
+    warm = 0.0 if errors else warm_phase(plan)
     return {
         "process": process,
         "source": source,
@@ -50,6 +67,11 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "platform_timeout_s": {"value": plan.platform_timeout, "from": str(timeout_origin)},
         "budget_s": {"value": plan.budget, "from": budget_from},
         "ladder": {"value": describe(plan.ladder), "from": _from(settings, "ladder")},
+        # What a `budget-reserve` step keeps before the final KILL (None: no such step).
+        "cold_reserve_s": {"value": round(plan.cold_reserve, 3) if uses_reserve else None,
+                           "from": reserve_from if uses_reserve else "no budget-reserve step"},
+        "warm_phase_s": {"value": round(warm, 3),
+                         "from": f"{warm / plan.budget:.0%} of the budget" if plan.budget else "no budget"},
         "remap": {"value": {signal_name(k): signal_name(v) for k, v in plan.remap.items()},
                   "from": _from(settings, "remap")},
         "stop_signals": {"value": [signal_name(s) for s in sorted(stops)], "from": _from(settings, "stop_signals")},
@@ -58,8 +80,83 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "on_orphans": {"value": plan.on_orphans, "from": _from(settings, "on_orphans")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
-        "warnings": warnings(plan),
+        "warnings": (_short_reserve(plan, floor, settings["budget"].origin if "budget" in settings else None)
+                     if uses_reserve and not errors else []) + warnings(plan) + _ruby_integration(plan, settings,
+                                                                                                  environ),
+        "errors": errors,
     }
+
+
+def _get_value(settings: Mapping[str, Setting], key: str) -> Any:
+    setting = settings.get(key)
+    return setting.value if setting is not None else None
+
+
+def _is_reserve(at: object) -> bool:
+    return isinstance(at, str) and at.replace(" ", "").lower() == f"budget-{RESERVE}"
+
+
+def _budget_relative(at: object) -> bool:
+    """`budget-5s` or `budget-reserve`: a step meant to come before the end, not at t=0."""
+    return isinstance(at, str) and at.strip().lower().startswith("budget-")
+
+
+def warm_phase(plan: RunPlan) -> float:
+    """Seconds from the stop to the first later step: the time jobs get to finish."""
+    return min((step.at for step in plan.ladder[1:] if step.at > 0), default=0.0)
+
+
+def collapse_errors(plan: RunPlan, specs: list[StepSpec], floor: float | None, *,
+                    budget_origin: object | None) -> list[str]:
+    """A step written to come before the end that the budget pushed onto t=0:
+    the cold signal then goes out with the warm one, and no job can finish."""
+    collapsed = [spec for spec in specs if _budget_relative(spec.at) and parse_signal(spec.signal) != signal.SIGKILL
+                 and resolve_offset(spec.at, plan.budget, plan.cold_reserve) == 0]
+    if not collapsed:
+        return []
+    step = collapsed[0]
+    platform = plan.platform
+    timeout = format_duration(plan.platform_timeout or 0)
+    fix = _fix(plan, str(step.at), floor, budget_origin)
+    return [f"{step.signal}@{step.at} falls on 0s: a budget of {format_duration(plan.budget)} ({platform.name}, "
+            f"timeout {timeout}) leaves no warm phase, so the worker is told to cancel its jobs the moment it is "
+            f"told to finish them; {fix}"]
+
+
+def _short_reserve(plan: RunPlan, floor: float | None, budget_origin: object | None) -> list[str]:
+    """The budget gave the warm phase its half, and the cold step less than the framework needs."""
+    need = DEFAULT_COLD_FLOOR if floor is None else floor
+    reserve = plan.cold_reserve or 0.0
+    if reserve >= need:
+        return []
+    return [f"the cold step gets {format_duration(round(reserve, 3))} before the final KILL, less than the "
+            f"{format_duration(need)} the {plan.preset} preset's cold shutdown needs: it may be cut short by the "
+            f"KILL (jobs are still reported); {_fix(plan, f'budget-{RESERVE}', floor, budget_origin)}"]
+
+
+def _fix(plan: RunPlan, at: str, floor: float | None, budget_origin: object | None) -> str:
+    """What to change for more room: the budget when it was set, else the platform's timeout setting."""
+    platform = plan.platform
+    if budget_origin is not None:
+        return f"raise the budget ({budget_origin})"
+    if platform.timeout_setting:
+        needed = _timeout_for_room(at, floor)
+        return f"raise {platform.timeout_setting}" + (f" to at least {format_duration(needed)}" if needed else "")
+    return (f"{platform.name}'s timeout cannot be raised: give this worker a ladder of its own whose cold step "
+            "fits (e.g. --ladder with an absolute offset)")
+
+
+def _timeout_for_room(at: str, floor: float | None) -> float | None:
+    """The shortest whole-second platform timeout whose default budget keeps
+    what the step `at` asks for before the end, and as much again before it."""
+    wanted = (DEFAULT_COLD_FLOOR if floor is None else floor) if at.replace(" ", "").lower().endswith(RESERVE) \
+        else parse_duration(at.strip()[len("budget-"):])
+    for seconds in range(1, 301):
+        budget = default_budget(float(seconds))
+        kept = budget - resolve_offset(at, budget, cold_reserve(budget, floor))
+        if kept >= wanted and budget - kept >= kept:
+            return float(seconds)
+    return None
 
 
 def warnings(plan: RunPlan) -> list[str]:
@@ -84,32 +181,103 @@ def warnings(plan: RunPlan) -> list[str]:
                       "(`celery graceshell` says so); else import graceshell.integrations.celery in the app",
             "rq": "the rq preset runs graceshell.integrations.rq.Worker (unless -w or $RQ_WORKER_CLASS says "
                   "otherwise)",
-        }.get(plan.preset, "its children must ignore that signal while a job finishes")
+            "sidekiq": "Sidekiq runs its jobs in threads of one process, and that TERM starts its warm shutdown",
+            "delayed_job": "graceshell's delayed_job integration (loaded by the preset) keeps that TERM from "
+                           "aborting the job in hand, whatever raise_signal_exceptions says",
+        }.get(plan.preset) or _integration_advice(plan)
+        advice = advice or "its children must ignore that signal while a job finishes"
+        choice = _WHO_GETS_THE_SIGNAL.get(plan.platform.name)
         found.append(f"{plan.platform.name} sends its stop signal to every process, the worker's children "
-                     f"included: {advice}")
+                     f"included{f' ({choice})' if choice else ''}: {advice}")
     found.extend(_sidekiq_timeout(plan))
     return found
 
 
+def _loads(argv: list[str], module: str) -> bool:
+    """The command names graceshell's integration module (also inside `sh -c '...'`)."""
+    return any(module in word.split() for word in argv)
+
+
+# The frameworks whose integration is on the command line: graceshell's
+# module, what the platform's broadcast does without it, and how to add it.
+_COMMAND_LINE_INTEGRATIONS = {
+    "dramatiq": ("graceshell.integrations.dramatiq", "a Dramatiq worker process takes a second TERM as 'exit now'",
+                 "add the module to Dramatiq's: dramatiq app graceshell.integrations.dramatiq"),
+    "huey": ("graceshell.integrations.huey", "Huey takes TERM as its immediate shutdown",
+             "run python -m graceshell.integrations.huey in place of huey_consumer "
+             "(or call graceshell.integrations.huey.install(huey))"),
+    "arq": ("graceshell.integrations.arq", "arq cancels its running jobs at the first TERM",
+            "run python -m graceshell.integrations.arq in place of arq"),
+}
+
+
+def _integration_advice(plan: RunPlan) -> str | None:
+    if plan.preset not in _COMMAND_LINE_INTEGRATIONS:
+        return None
+    module, without, how = _COMMAND_LINE_INTEGRATIONS[plan.preset]
+    if _loads(plan.argv, module):
+        return f"the command runs {module}, which takes one warm stop until graceshell escalates"
+    return f"{without}; {how}"
+
+
+SIDEKIQ_DEFAULT_TIMEOUT = 25.0  # lib/sidekiq.rb DEFAULTS[:timeout]
+SIDEKIQ_ENSURE_GRACE = 3.0  # Manager#hard_shutdown: after the requeue, up to 3 s for `ensure` blocks
+
+
 def _sidekiq_timeout(plan: RunPlan) -> list[str]:
-    """Sidekiq pushes unfinished jobs back at its own -t; that must end 8 s before the KILL."""
+    """A -t of the user's own is kept by graceshell's Sidekiq integration: it
+    must end 3 s before the KILL (without -t the integration fits it)."""
     if plan.preset != "sidekiq":
         return []
     words = plan.argv[2:] if plan.argv[:2] == ["sh", "-c"] else plan.argv
-    if len(words) == 1 and words[0].startswith("exec "):
-        words = shlex.split(words[0])
-    timeout = 25.0  # Sidekiq's default
+    if len(words) == 1:
+        words = shlex.split(words[0].removeprefix("exec "))
+    timeout = None
     for index, word in enumerate(words):
+        value = None
         if word in ("-t", "--timeout") and index + 1 < len(words):
+            value = words[index + 1]
+        elif word.startswith("--timeout="):
+            value = word.partition("=")[2]
+        elif word.startswith("-t") and word[2:].isdigit():
+            value = word[2:]
+        if value is not None:
             try:
-                timeout = float(words[index + 1])
+                timeout = float(value)
             except ValueError:
                 return []
-    room = plan.ladder[-1].at - 8.0
-    if timeout > room:
-        return [f"sidekiq's -t {format_duration(timeout)} does not fit: with a budget of "
-                f"{format_duration(plan.ladder[-1].at)} use -t {format_duration(max(room, 0.0))} or less, "
-                "so Sidekiq can requeue its jobs before the kill"]
+    budget = plan.ladder[-1].at
+    room = budget - SIDEKIQ_ENSURE_GRACE
+    if timeout is None or timeout <= room:
+        return []
+    cold = [step.at for step in plan.ladder[1:-1]]
+    cut = (f"graceshell's cold step at {format_duration(cold[0])} cuts it short and Sidekiq pushes the jobs back "
+           "then" if cold and cold[0] <= room else "the jobs still running may be lost to the kill")
+    return [f"sidekiq's -t {format_duration(timeout)} does not fit a budget of {format_duration(budget)}: {cut}; "
+            f"use -t {int(max(room, 0.0))} or less, or leave -t out and graceshell fits it to the budget"]
+
+
+# The presets whose integration is a Ruby file loaded through RUBYOPT.
+RUBY_INTEGRATIONS = {"sidekiq": "ruby/sidekiq.rb", "delayed_job": "ruby/delayed_job.rb"}
+
+
+def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
+    """A RUBYOPT of the user's own replaces the preset's, and with it the
+    integration; Ruby splits RUBYOPT at spaces, so its path must have none."""
+    file = RUBY_INTEGRATIONS.get(plan.preset)
+    if file is None:
+        return []
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", file)
+    if any(char.isspace() for char in path):
+        return [f"graceshell is installed under a path with a space ({path}): Ruby splits RUBYOPT at spaces and "
+                f"cannot load graceshell's {plan.preset} integration; install graceshell elsewhere"]
+    for value, origin in ((environ.get("RUBYOPT"), "the environment"),
+                          ((plan.env or {}).get("RUBYOPT"), _from(settings, "env"))):
+        if value is not None and file not in value:
+            return [f"RUBYOPT from {origin} replaces the {plan.preset} preset's, so graceshell's {plan.preset} "
+                    f"integration is not loaded: add -r{path} to it"]
     return []
 
 
@@ -124,6 +292,9 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
             ("budget", _seconds(entry["budget_s"]["value"]), entry["budget_s"]["from"]),
             ("ladder", " ".join(f"{s['signal']}@{format_duration(s['at'])}" for s in entry["ladder"]["value"]),
              entry["ladder"]["from"]),
+            ("warm phase", _seconds(entry["warm_phase_s"]["value"]), entry["warm_phase_s"]["from"]),
+            *([("cold reserve", _seconds(entry["cold_reserve_s"]["value"]), entry["cold_reserve_s"]["from"])]
+              if entry["cold_reserve_s"]["value"] is not None else []),
             ("remap", " ".join(f"{k}->{v}" for k, v in entry["remap"]["value"].items()) or "-",
              entry["remap"]["from"]),
             ("stop signals", ",".join(entry["stop_signals"]["value"]), entry["stop_signals"]["from"]),
@@ -135,6 +306,7 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
         width = max(len(str(value)) for _, value, _ in rows)
         for label, value, origin in rows:
             lines.append(f"  {label:<17}{str(value):<{width}}  ({origin})")
+        lines.extend(f"  error: {text}" for text in entry["errors"])
         lines.extend(f"  warning: {text}" for text in entry["warnings"])
         lines.append("")
     lines.extend(f"note: {text}" for text in notes)

@@ -1,37 +1,47 @@
-"""The `graceshell` command line.
+"""The `graceshell` command line, built with click.
 
-Parsing only: settings are resolved in resolve.py and plan.py and carried
-out by the supervisor. Errors end as one line on stderr and a documented
+This module sits on top: it parses, resolves settings through resolve.py and
+plan.py, and hands the plan to the supervisor, start, check or drill; nothing
+in the package imports it. Errors end as one line on stderr and a documented
 exit status (2 for usage and config), never a traceback.
 
-argparse, not click: the parser is on the path of every worker start, and
-importing click costs about three times Python's own start-up here, more
-than the whole of `graceshell run -- true` may take.
+Start-up matters here: click is imported because it parses every command,
+but nothing else heavy is. The logging library is imported by the
+supervisor after the worker has been spawned.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+import click
+
 from graceshell import __version__
 from graceshell.durations import parse_duration
-from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, GraceshellError, UsageError
-from graceshell.logs import FORMATS, LEVELS
+from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError
+from graceshell.logs import FORMATS, LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from graceshell.settings import Origin, Setting
 from graceshell.signals import parse_signal
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-    from typing import NoReturn
+    from collections.abc import Callable, Mapping
+    from typing import Any, NoReturn
 
     from graceshell.plan import RunPlan
+    from graceshell.resolve import Sources
 
-RUN_DESCRIPTION = """\
+PROG = "graceshell"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# `run` and `drill` take the worker's command as it is: everything from the
+# first word that is not one of ours belongs to the worker.
+COMMAND_CONTEXT = {**CONTEXT, "allow_interspersed_args": False}
+
+RUN_HELP = """\
 Supervise one worker through a platform stop.
 
+\b
   graceshell run -- celery -A app worker
   graceshell run --preset rq -- rq worker high default
   graceshell run worker            (the command of `worker` in ./Procfile)
@@ -45,12 +55,14 @@ own deadline. Other signals are passed to the worker as they are.
 Settings come from flags, then graceshell.yml (the process's section, then
 `defaults:`, then the top level), then the preset, then the platform.
 
+\b
 exit status: the worker's; 128+N when it died of signal N; 2 usage or config
 error; 126 not executable; 127 not found; 70 internal error."""
 
-DRILL_DESCRIPTION = """\
+DRILL_HELP = """\
 Stop a worker the way a platform would and say whether it survives.
 
+\b
   graceshell drill --platform heroku worker
   graceshell drill --platform kubernetes --when-ready /tmp/ready -- rq worker
   graceshell drill --platform heroku --no-wrap -- celery -A app worker   (bare, for comparison)
@@ -62,10 +74,11 @@ a process tree of its own, waits --after DUR (default 5s) or until the
 pid1: the top process, as Docker and Kubernetes do), and SIGKILLs what is
 left at the platform's timeout.
 
+\b
 exit status: 0 when the worker stopped within the platform timeout with no
 orphaned job; 1 when it did not; 2 usage or config error."""
 
-START_DESCRIPTION = """\
+START_HELP = """\
 Run the Procfile's processes (all, or the PROCESS_TYPEs given), each under
 its own `graceshell run` with its graceshell.yml section, with every output
 line prefixed by the time and the process name.
@@ -77,35 +90,39 @@ is restarted with a backoff of 1s, 2s, 4s... up to `restart_limit` times a
 minute). Each process gets PORT (base +100 per type, +1 per instance) and
 GRACESHELL_PROCESS (worker.1).
 
+\b
 exit status: that of the process that ended the run, or 0 when a stop
 signal ended it and every process stopped well; 2 usage or config error; 70
 internal error (every process is killed first)."""
 
-CHECK_DESCRIPTION = """\
+CHECK_HELP = """\
 Validate graceshell.yml, the Procfile and .env, and print the effective
 settings of each process (or of PROCESS_TYPE): platform and how it was
 detected, timeout, budget, ladder with absolute offsets, remap, preset, and
 where each value comes from. Exit 2 on any error."""
 
-# Flags that are settings, with the key they set.
+# Flags that are settings, with the key each one sets.
 SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
                  "linger", "stop_signals", "on_orphans", "log_format", "log_level")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line instead of usage + exit."""
+# -- value types: each one parses, and completes where there is a list to offer -----------------
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+class _ParsedValue(click.ParamType):
+    """A value parsed by one of graceshell's own parsers, whose ValueError
+    becomes click's usage error for the flag."""
 
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self.parse = parse
 
-def _converter(parse):  # type: ignore[no-untyped-def]
-    def convert(text: str):  # type: ignore[no-untyped-def]
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value  # already parsed (a default, or a value given twice through click)
         try:
-            return parse(text)
+            return self.parse(value)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
+            self.fail(str(exc), param, ctx)
 
 
 def _remap(text: str) -> tuple[int, int]:
@@ -119,7 +136,7 @@ def _signal_list(text: str) -> frozenset[int]:
     return frozenset(parse_signal(part) for part in text.split(",") if part.strip())
 
 
-def _ladder(text: str) -> list:  # type: ignore[type-arg]
+def _ladder(text: str) -> list[Any]:
     from graceshell.ladder import parse_ladder_spec, resolve_offset
 
     specs = parse_ladder_spec(text)
@@ -129,229 +146,221 @@ def _ladder(text: str) -> list:  # type: ignore[type-arg]
     return specs
 
 
-def _preset(name: str) -> str:
-    from graceshell.presets import PRESETS
+class _PresetName(click.ParamType):
+    name = "preset"
 
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
-    return name
+    def _names(self) -> list[str]:
+        from graceshell.presets import PRESETS
 
+        return list(PRESETS)
 
-def _add_setting_options(parser: argparse.ArgumentParser, short_config: bool = True) -> None:
-    add = parser.add_argument
-    add(*(("-c", "--config") if short_config else ("--config",)), metavar="FILE",
-        help="YAML config (default: $GRACESHELL_CONFIG, else ./graceshell.yml)")
-    add("--procfile", metavar="FILE", help="Procfile to read process types from (default: ./Procfile)")
-    add("--env", metavar="FILE", action="append",
-        help="env file for the worker, repeatable (default: ./.env when present); the real environment wins")
-    add("--preset", metavar="NAME", type=_converter(_preset),
-        help="worker preset: generic, celery, rq, sidekiq, resque, delayed_job, gunicorn, uvicorn")
-    add("--platform", metavar="NAME",
-        help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, systemd, docker, none (default: detected)")
-    add("--platform-timeout", metavar="DUR", type=_converter(parse_duration),
-        help="how long the platform waits after its stop signal before its SIGKILL")
-    add("--budget", metavar="DUR", type=_converter(parse_duration),
-        help="time from the first stop signal to the SIGKILL of the whole tree (default: platform timeout - 5s)")
-    add("--ladder", metavar="SPEC", type=_converter(_ladder),
-        help="escalation steps, e.g. 'TERM@0s,QUIT@budget-5s,KILL@25s'; KILL at the budget is implied")
-    add("--remap", metavar="FROM:TO", type=_converter(_remap), action="append",
-        help="send TO to the worker when graceshell receives FROM (repeatable)")
-    add("--second-signal", choices=("escalate", "forward", "ignore"),
-        help="what a second stop signal does (default: escalate)")
-    add("--linger", metavar="DUR", type=_converter(parse_duration),
-        help="after the worker exits, how long its leftovers may live before TERM, then KILL (default: 2s)")
-    add("--stop-signals", metavar="LIST", type=_converter(_signal_list),
-        help="signals that start a stop (default: TERM,INT,QUIT)")
-    add("--on-orphans", metavar="COMMAND", help="run after a kill that orphaned jobs, with the report on stdin")
-    add("--log-format", metavar="FORMAT",
-        help="auto (console on a TTY, JSON otherwise), json, logfmt, console; $GRACESHELL_LOG_FORMAT")
-    add("--log-level", metavar="LEVEL", help="debug, info, warning, error (default: info); $GRACESHELL_LOG_LEVEL")
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value not in self._names():
+            self.fail(f"unknown preset {value!r} (known: {', '.join(self._names())})", param, ctx)
+        return value
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        return [click.shell_completion.CompletionItem(name) for name in self._names()
+                if name.startswith(incomplete)]
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Help at $COLUMNS or 100 columns: argparse would otherwise import shutil
-    and ask the terminal on every argument it adds, on the path of every start."""
+class _PlatformName(click.ParamType):
+    """Checked by the plan (so a platform from graceshell.yml gets the same
+    message); offered here for completion."""
 
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
-        if width is None:
-            columns = os.environ.get("COLUMNS", "")
-            width = max(int(columns) - 2, 40) if columns.isdigit() else 100
-        super().__init__(prog, indent_increment, max_help_position, width)
+    name = "platform"
 
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return value
 
-def _configure_run(run: argparse.ArgumentParser) -> None:
-    _add_setting_options(run)
-    run.add_argument("--name", metavar="NAME",
-                     help="process name in logs, and the graceshell.yml section to use (default: $DYNO or "
-                          "the command's name)")
-    run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from graceshell.platforms import PLATFORMS
+
+        return [click.shell_completion.CompletionItem(name) for name in PLATFORMS if name.startswith(incomplete)]
 
 
-def _configure_drill(drill: argparse.ArgumentParser) -> None:
-    _add_setting_options(drill)
-    drill.add_argument("--name", metavar="NAME", help="process name, and the graceshell.yml section to use")
-    drill.add_argument("--broadcast", choices=("all", "group", "pid1"),
-                       help="who gets the stop signal (default: the platform's model)")
-    drill.add_argument("--after", metavar="DUR", type=_converter(parse_duration),
-                       help="when to stop the worker (default: 5s after it started)")
-    drill.add_argument("--when-ready", metavar="FILE", help="stop the worker once FILE exists")
-    drill.add_argument("--no-wrap", action="store_true", help="run the worker bare, without graceshell")
-    drill.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    drill.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+def _complete_process_type(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Procfile process types, for PROCESS_TYPE and for `run`'s first word."""
+    if param.name == "command" and ctx.params.get("command"):  # only a command's first word can be a type
+        return []
+    path = ctx.params.get("procfile") or "Procfile"
+    try:
+        from graceshell.procfile import read_procfile
+
+        types = list(read_procfile(path).processes)
+    except GraceshellError:
+        return []
+    return [click.shell_completion.CompletionItem(name) for name in types if name.startswith(incomplete)]
 
 
-def _configure_start(start: argparse.ArgumentParser) -> None:
-    _add_setting_options(start, short_config=False)
-    start.add_argument("-c", "--concurrency", metavar="TYPE=N,...", help="instances per type, e.g. worker=2,web=1")
-    start.add_argument("-p", "--port", metavar="PORT", type=int,
-                       help="base port: +100 per process type, +1 per instance (default: $PORT, else 5000)")
-    start.add_argument("process_types", nargs="*", metavar="PROCESS_TYPE", help=argparse.SUPPRESS)
+DURATION = _ParsedValue("duration", parse_duration)
+SIGNALS = _ParsedValue("signals", _signal_list)
+REMAP = _ParsedValue("from:to", _remap)
+LADDER = _ParsedValue("ladder", _ladder)
 
 
-def _configure_check(check: argparse.ArgumentParser) -> None:
-    _add_setting_options(check)
-    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    check.add_argument("process_type", nargs="?", metavar="PROCESS_TYPE", help=argparse.SUPPRESS)
+def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
+    """The options every command shares: where settings come from, and the settings."""
+    config_names = ("-c", "--config") if short_config else ("--config",)
+    options = [
+        click.option(*config_names, "config", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="YAML config (default: $GRACESHELL_CONFIG, else ./graceshell.yml)"),
+        click.option("--procfile", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="Procfile to read process types from (default: ./Procfile)"),
+        click.option("--env", "env_files", metavar="FILE", multiple=True, type=click.Path(dir_okay=False),
+                     help="env file for the worker, repeatable (default: ./.env when present); the real "
+                          "environment wins"),
+        click.option("--preset", metavar="NAME", type=_PresetName(),
+                     help="worker preset: generic, celery, rq, dramatiq, huey, arq, sidekiq, resque, delayed_job, "
+                          "gunicorn, uvicorn (default: generic)"),
+        click.option("--platform", metavar="NAME", type=_PlatformName(),
+                     help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, systemd, docker, none "
+                          "(default: detected)"),
+        click.option("--platform-timeout", metavar="DUR", type=DURATION,
+                     help="how long the platform waits after its stop signal before its SIGKILL"),
+        click.option("--budget", metavar="DUR", type=DURATION,
+                     help="time from the first stop signal to the SIGKILL of the whole tree (default: platform "
+                          "timeout - 5s)"),
+        click.option("--ladder", metavar="SPEC", type=LADDER,
+                     help="escalation steps, e.g. 'TERM@0s,QUIT@budget-5s,KILL@25s'; KILL at the budget is "
+                          "implied"),
+        click.option("--remap", metavar="FROM:TO", type=REMAP, multiple=True,
+                     help="send TO to the worker when graceshell receives FROM (repeatable)"),
+        click.option("--second-signal", type=click.Choice(("escalate", "forward", "ignore")),
+                     help="what a second stop signal does (default: escalate)"),
+        click.option("--linger", metavar="DUR", type=DURATION,
+                     help="after the worker exits, how long its leftovers may live before TERM, then KILL "
+                          "(default: 2s)"),
+        click.option("--stop-signals", metavar="LIST", type=SIGNALS,
+                     help="signals that start a stop (default: TERM,INT,QUIT)"),
+        click.option("--on-orphans", metavar="COMMAND",
+                     help="run after a kill that orphaned jobs, with the report on stdin"),
+        click.option("--log-format", type=click.Choice(FORMATS), envvar=LOG_FORMAT_ENV,
+                     help=f"auto (console on a TTY, JSON otherwise), json, logfmt, console; ${LOG_FORMAT_ENV}"),
+        click.option("--log-level", type=click.Choice(tuple(LEVELS)), envvar=LOG_LEVEL_ENV,
+                     help=f"debug, info, warning, error (default: info); ${LOG_LEVEL_ENV}"),
+    ]
+
+    def apply(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
 
 
-# name: (one-line help, usage, description, how its options are added)
-COMMANDS = {
-    "run": ("supervise one worker through a platform stop",
-            "graceshell run [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)", RUN_DESCRIPTION, _configure_run),
-    "start": ("run every Procfile process, each under graceshell",
-              "graceshell start [OPTIONS] [PROCESS_TYPE]...", START_DESCRIPTION, _configure_start),
-    "check": ("validate config and Procfile, print effective settings",
-              "graceshell check [OPTIONS] [PROCESS_TYPE]", CHECK_DESCRIPTION, _configure_check),
-    "drill": ("stop a worker as a platform would; say whether it survives",
-              "graceshell drill [OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)", DRILL_DESCRIPTION, _configure_drill),
-}
+def flag_layer(ctx: click.Context) -> dict[str, Setting]:
+    """The settings given on the command line (or by their environment variables)."""
+    from click.core import ParameterSource
 
-
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with `only`, the options of that one command alone are built
-    (the others stay as names), which is all that parsing its arguments needs."""
-    parser = _Parser(prog="graceshell", description="graceshell: graceful shutdown for background-job workers.",
-                     formatter_class=_Formatter)
-    parser.add_argument("--version", action="version", version=f"graceshell {__version__}")
-    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
-    for name, (summary, usage, description, configure) in COMMANDS.items():
-        sub = commands.add_parser(name, help=summary, usage=usage, description=description,
-                                  formatter_class=_Formatter)
-        if only is None or only == name:
-            configure(sub)
-    return parser
-
-
-def flag_layer(options: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Setting]:
-    """The settings given on the command line (and their environment variables)."""
     layer = {}
     for key in SETTING_FLAGS:
-        value = getattr(options, key, None)
-        flag = "--" + key.replace("_", "-")
-        if value is None and key in ("log_format", "log_level"):
-            variable = f"GRACESHELL_{key.upper()}"
-            value, flag = environ.get(variable) or None, f"${variable}"
-        if value is None:
+        value = ctx.params.get(key)
+        if value is None or value == ():
             continue
-        if key == "remap":
-            value = dict(value)
-        layer[key] = Setting(value, Origin(flag))
-    for key, choices in (("log_format", FORMATS), ("log_level", tuple(LEVELS))):
-        if key in layer and layer[key].value not in choices:
-            raise UsageError(f"{layer[key].origin}: {layer[key].value!r} is not one of {', '.join(choices)}")
+        from_env = ctx.get_parameter_source(key) is ParameterSource.ENVIRONMENT
+        label = f"${LOG_FORMAT_ENV if key == 'log_format' else LOG_LEVEL_ENV}" if from_env \
+            else "--" + key.replace("_", "-")
+        layer[key] = Setting(dict(value) if key == "remap" else value, Origin(label))
     return layer
 
 
-def _plan_for(options: argparse.Namespace) -> tuple[RunPlan, dict[str, Setting]]:
+def _command_words(ctx: click.Context, words: tuple[str, ...]) -> tuple[list[str], bool]:
+    """The worker's words, and whether they came after `--` (a command) rather
+    than alone (a Procfile process type). click drops the `--` itself, so it
+    is looked for in the raw arguments, just before the words."""
+    raw = ctx.meta.get("graceshell.raw_args", [])
+    tail = len(raw) - len(words)
+    return list(words), tail >= 1 and raw[tail - 1] == "--"
+
+
+class _CommandLine(click.Command):
+    """A command that keeps its raw arguments, to tell `-- worker` from `worker`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["graceshell.raw_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+# -- the commands -----------------------------------------------------------------------------
+
+@click.group(context_settings=CONTEXT, help="graceshell: graceful shutdown for background-job workers.")
+@click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
+def cli() -> None:
+    pass
+
+
+def _sources(config: str | None, procfile: str | None, env_files: tuple[str, ...]) -> Sources:
+    from graceshell.resolve import Sources
+
+    return Sources(config, procfile, list(env_files) or None, os.environ, read_run_line=read_run_line)
+
+
+def read_run_line(argv: list[str], where: str) -> tuple[list[str], dict[str, Setting]]:
+    """A Procfile line that itself runs `graceshell run [OPTIONS] -- CMD`: the
+    worker's own command and the line's flags as settings, parsed by the very
+    command that parses them on a command line."""
+    try:
+        ctx = run.make_context("run", list(argv[2:]), resilient_parsing=False)
+    except click.UsageError as exc:
+        raise UsageError(f"{where}: {exc.format_message()}") from None
+    params = ctx.params
+    for flag, key in (("--config", "config"), ("--procfile", "procfile"), ("--env", "env_files")):
+        if params.get(key):
+            raise UsageError(f"{where}: {flag} inside a Procfile line is not supported; give it to the outer "
+                             "graceshell command")
+    words, explicit = _command_words(ctx, params["command"])
+    if not explicit and len(words) == 1:
+        raise UsageError(f"{where}: `graceshell run {words[0]}` inside the Procfile nests a process type; "
+                         "write the worker's own command after `graceshell run --`")
+    if not words:
+        raise UsageError(f"{where}: `graceshell run` without a command")
+    # Only what the line wrote counts: environment variables are the outer command's.
+    from click.core import ParameterSource
+
+    inline = {key: Setting(setting.value, Origin(f"{where} {setting.origin}"))
+              for key, setting in flag_layer(ctx).items()
+              if ctx.get_parameter_source(key) is not ParameterSource.ENVIRONMENT}
+    return words, inline
+
+
+def _plan_for(ctx: click.Context, words: tuple[str, ...], name: str | None) -> tuple[RunPlan, dict[str, Setting]]:
     """The run plan of `-- COMMAND...` or of a Procfile PROCESS_TYPE."""
     from graceshell.plan import make_plan
-    from graceshell.resolve import Sources, process_from_environment, process_type_of
+    from graceshell.resolve import process_from_environment, process_type_of
 
-    environ = os.environ
-    words = list(options.command)
-    explicit = words[:1] == ["--"]
-    if explicit:
-        words = words[1:]
-    sources = Sources(options.config, options.procfile, options.env, environ)
-    if not explicit and len(words) == 1:
-        name = section = words[0]
+    params = ctx.params
+    argv, explicit = _command_words(ctx, words)
+    sources = _sources(params["config"], params["procfile"], params["env_files"])
+    if not explicit and len(argv) == 1:
+        name = section = argv[0]
         argv = sources.process_command(section)
     else:
-        argv = words
-        name = options.name or process_from_environment(environ)
+        name = name or process_from_environment(os.environ)
         section = process_type_of(name) if name else None
-    settings = sources.settings_for(section, flag_layer(options, environ))
+    settings = sources.settings_for(section, flag_layer(ctx))
     if name:
         settings["name"] = Setting(name, Origin("--name"))
-    return make_plan(argv, settings, environ), settings
+    return make_plan(argv, settings, os.environ), settings
 
 
-def drill_command(options: argparse.Namespace) -> int:
-    import json
-
-    from graceshell.drill import Drill, render
-
-    if options.after is not None and options.when_ready:
-        raise UsageError("--after and --when-ready: give one of them")
-    plan, _ = _plan_for(options)
-    drill = Drill(plan, broadcast=options.broadcast, wrap=not options.no_wrap, after=options.after,
-                  when_ready=options.when_ready, config=options.config, out=sys.stderr)
-    result = drill.run()
-    sys.stdout.write(json.dumps(result, indent=2) + "\n" if options.json else render(result))
-    return 0 if result["survived"] else 1
-
-
-def start_command(options: argparse.Namespace) -> int:
-    from graceshell.logs import Logger
-    from graceshell.plan import make_plan, run_command_line
-    from graceshell.resolve import Sources
-    from graceshell.start import (BASE_PORT, DEFAULT_RESTART_LIMIT, PORT_STEP_PER_TYPE, Instance, Starter,
-                                  colour_for, parse_concurrency)
-
-    environ = os.environ
-    sources = Sources(options.config, options.procfile, options.env, environ)
-    types = list(sources.procfile.processes)
-    for name in options.process_types:
-        if name not in types:
-            raise UsageError(f"{sources.procfile.path}: no process type {name!r} (types: {', '.join(types)})")
-    chosen = options.process_types or types
-    counts = parse_concurrency(options.concurrency, chosen)
-    flags = flag_layer(options, environ)
-    tty = sys.stdout.isatty()
-    requested = flags["log_format"].value if "log_format" in flags else "auto"
-    child_format = ("console" if tty else "json") if requested == "auto" else requested
-    base_port = options.port or int(environ.get("PORT", "") or BASE_PORT)
-    instances = []
-    for type_index, name in enumerate(chosen):
-        argv = sources.process_command(name)
-        settings = sources.settings_for(name, flags)
-        for number in range(1, counts[name] + 1):
-            instance_name = f"{name}.{number}"
-            settings["name"] = Setting(instance_name, Origin("start"))
-            plan = make_plan(argv, settings, environ)  # every plan is checked before anything starts
-            env = {**environ, "PORT": str(base_port + PORT_STEP_PER_TYPE * type_index + number - 1),
-                   "GRACESHELL_PROCESS": instance_name}
-            restart = settings["restart"].value if "restart" in settings else "no"
-            limit = settings["restart_limit"].value if "restart_limit" in settings else DEFAULT_RESTART_LIMIT
-            child = run_command_line(plan, options.config, log_format=child_format, env_files=options.env)
-            instances.append(Instance(instance_name, child, env, restart, limit, colour_for(len(instances))))
-    if not instances:
-        raise UsageError("nothing to start: every process type has a concurrency of 0")
-    log = Logger(requested, flags["log_level"].value if "log_level" in flags else "info")
-    return Starter(instances, log, sys.stdout.buffer, colour=tty and "NO_COLOR" not in environ).run()
-
-
-def run_command(options: argparse.Namespace) -> int:
-    from graceshell.logs import Logger
-
-    plan, settings = _plan_for(options)
+@cli.command(cls=_CommandLine, context_settings=COMMAND_CONTEXT, help=RUN_HELP,
+             short_help="supervise one worker through a platform stop",
+             options_metavar="[OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)")
+@_setting_options()
+@click.option("--name", metavar="NAME",
+              help="process name in logs, and the graceshell.yml section to use (default: $DYNO or the "
+                   "command's name)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
+@click.pass_context
+def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any) -> int:
+    plan, settings = _plan_for(ctx, command, name)
     log_format = settings["log_format"].value if "log_format" in settings else "auto"
     log_level = settings["log_level"].value if "log_level" in settings else "info"
-    from graceshell.supervisor import run
+    from graceshell.supervisor import run as supervise
 
     try:
-        return run(plan, Logger(log_format, log_level))
+        return supervise(plan, log_format, log_level)
     except FileNotFoundError:
         raise GraceshellError(f"{plan.argv[0]}: command not found", NOT_FOUND_EXIT) from None
     except OSError as exc:
@@ -359,21 +368,109 @@ def run_command(options: argparse.Namespace) -> int:
         raise GraceshellError(f"{plan.argv[0]}: cannot execute: {reason}", NOT_EXECUTABLE_EXIT) from None
 
 
-def check_command(options: argparse.Namespace) -> int:
+@cli.command(cls=_CommandLine, context_settings=COMMAND_CONTEXT, help=DRILL_HELP,
+             short_help="stop a worker as a platform would; say whether it survives",
+             options_metavar="[OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)")
+@_setting_options()
+@click.option("--name", metavar="NAME", help="process name, and the graceshell.yml section to use")
+@click.option("--broadcast", type=click.Choice(("all", "group", "pid1")),
+              help="who gets the stop signal (default: the platform's model)")
+@click.option("--after", metavar="DUR", type=DURATION, help="when to stop the worker (default: 5s after it started)")
+@click.option("--when-ready", metavar="FILE", help="stop the worker once FILE exists")
+@click.option("--no-wrap", is_flag=True, help="run the worker bare, without graceshell")
+@click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
+@click.pass_context
+def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadcast: str | None,
+          after: float | None, when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
     import json
 
-    from graceshell.check import check, render_text
-    from graceshell.resolve import Sources
+    from graceshell.drill import Drill, render
+
+    if after is not None and when_ready:
+        raise UsageError("--after and --when-ready: give one of them")
+    plan, _settings = _plan_for(ctx, command, name)
+    exercise = Drill(plan, broadcast=broadcast, wrap=not no_wrap, after=after, when_ready=when_ready,
+                     config=ctx.params["config"], out=sys.stderr)
+    result = exercise.run()
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if as_json else render(result))
+    return 0 if result["survived"] else 1
+
+
+@cli.command(context_settings=CONTEXT, help=START_HELP, short_help="run every Procfile process, each under graceshell",
+             options_metavar="[OPTIONS] [PROCESS_TYPE]...")
+@_setting_options(short_config=False)
+@click.option("-c", "--concurrency", metavar="TYPE=N,...", help="instances per type, e.g. worker=2,web=1")
+@click.option("-p", "--port", metavar="PORT", type=int,
+              help="base port: +100 per process type, +1 per instance (default: $PORT, else 5000)")
+@click.argument("process_types", nargs=-1, metavar="", shell_complete=_complete_process_type)
+@click.pass_context
+def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str | None, port: int | None,
+          **_: Any) -> int:
+    from graceshell.logs import make_logger
+    from graceshell.plan import make_plan, run_command_line
+    from graceshell.start import (BASE_PORT, DEFAULT_RESTART_LIMIT, PORT_STEP_PER_TYPE, Instance, Starter,
+                                  colour_for, parse_concurrency)
 
     environ = os.environ
-    sources = Sources(options.config, options.procfile, options.env, environ)
-    entries, notes = check(sources, options.process_type, flag_layer(options, environ), environ)
-    if options.json:
+    params = ctx.params
+    sources = _sources(params["config"], params["procfile"], params["env_files"])
+    types = list(sources.procfile.processes)
+    for process_type in process_types:
+        if process_type not in types:
+            raise UsageError(f"{sources.procfile.path}: no process type {process_type!r} "
+                             f"(types: {', '.join(types)})")
+    chosen = list(process_types) or types
+    counts = parse_concurrency(concurrency, chosen)
+    flags = flag_layer(ctx)
+    tty = sys.stdout.isatty()
+    requested = flags["log_format"].value if "log_format" in flags else "auto"
+    child_format = ("console" if tty else "json") if requested == "auto" else requested
+    base_port = port or int(environ.get("PORT", "") or BASE_PORT)
+    instances = []
+    for type_index, process_type in enumerate(chosen):
+        argv = sources.process_command(process_type)
+        settings = sources.settings_for(process_type, flags)
+        for number in range(1, counts[process_type] + 1):
+            instance_name = f"{process_type}.{number}"
+            settings["name"] = Setting(instance_name, Origin("start"))
+            plan = make_plan(argv, settings, environ)  # every plan is checked before anything starts
+            env = {**environ, "PORT": str(base_port + PORT_STEP_PER_TYPE * type_index + number - 1),
+                   "GRACESHELL_PROCESS": instance_name}
+            restart = settings["restart"].value if "restart" in settings else "no"
+            limit = settings["restart_limit"].value if "restart_limit" in settings else DEFAULT_RESTART_LIMIT
+            child = run_command_line(plan, params["config"], log_format=child_format,
+                                     env_files=list(params["env_files"]) or None)
+            instances.append(Instance(instance_name, child, env, restart, limit, colour_for(len(instances))))
+    if not instances:
+        raise UsageError("nothing to start: every process type has a concurrency of 0")
+    log = make_logger(requested, flags["log_level"].value if "log_level" in flags else "info")
+    return Starter(instances, log, sys.stdout.buffer, colour=tty and "NO_COLOR" not in environ).run()
+
+
+@cli.command(context_settings=CONTEXT, help=CHECK_HELP,
+             short_help="validate config and Procfile, print effective settings",
+             options_metavar="[OPTIONS] [PROCESS_TYPE]")
+@_setting_options()
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.argument("process_type", required=False, metavar="", shell_complete=_complete_process_type)
+@click.pass_context
+def check(ctx: click.Context, process_type: str | None, as_json: bool, **_: Any) -> int:
+    import json
+
+    from graceshell.check import check as check_sources, render_text
+
+    params = ctx.params
+    sources = _sources(params["config"], params["procfile"], params["env_files"])
+    entries, notes = check_sources(sources, process_type, flag_layer(ctx), os.environ)
+    if as_json:
         sys.stdout.write(json.dumps({"processes": entries, "notes": notes}, indent=2) + "\n")
     else:
         sys.stdout.write(render_text(entries, notes))
     return 0
 
+
+# -- the entry point --------------------------------------------------------------------------
 
 def _fail(message: str, code: int) -> NoReturn:
     try:
@@ -384,14 +481,30 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _usage_line(exc: click.UsageError) -> str:
+    """click's usage error as graceshell's one line, with where to find help."""
+    message = " ".join(exc.format_message().split())
+    command = exc.ctx.command_path if exc.ctx is not None else PROG
+    return f"{message} (see '{command} --help')"
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        args = sys.argv[1:] if argv is None else argv
-        options = build_parser(args[0] if args and args[0] in COMMANDS else None).parse_args(args)
-        handler = {"run": run_command, "check": check_command, "drill": drill_command,
-                   "start": start_command}[options.subcommand]
-        code = handler(options)
+        code = cli.main(args, prog_name=PROG, standalone_mode=False)
     except GraceshellError as exc:
         _fail(str(exc), exc.exit_code)
-    sys.exit(code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `graceshell` alone: the help, as a usage error
+        sys.stderr.write(exc.ctx.get_help() + "\n" if exc.ctx is not None else exc.format_message() + "\n")
+        sys.exit(USAGE_EXIT)
+    except click.UsageError as exc:
+        _fail(_usage_line(exc), USAGE_EXIT)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C before graceshell took over its signals
+        _fail("interrupted", 130)
+    except BrokenPipeError:  # `graceshell check | head -1`: the reader has all it wanted
+        sys.stderr.close()
+        os._exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

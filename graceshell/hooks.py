@@ -19,7 +19,7 @@ TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for 
 if TYPE_CHECKING:
     from typing import Any
 
-    from graceshell.logs import Logger
+    from structlog.typing import FilteringBoundLogger as Logger
 
 
 def run_on_orphans(command: str, report: dict[str, Any], timeout: float, log: Logger) -> dict[str, Any]:

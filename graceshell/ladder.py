@@ -3,8 +3,10 @@
 A ladder is a list of steps, each an offset from the first stop signal and a
 signal. The first step (at 0 s) is normally "the stop signal as received,
 after --remap"; the last is always KILL, which takes down the whole tree.
-Offsets may be written relative to the budget (`budget-5s`), which is how
-presets say "cold shutdown five seconds before the end".
+Offsets may be written relative to the budget (`budget-5s`), or as
+`budget-reserve`: the cold reserve before the end, which scales with the
+budget (cold_reserve below). That is how presets say "cold shutdown as late
+as the framework allows".
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class StepSpec(namedtuple("StepSpec", "at signal")):
     """A step as written, before the budget is known."""
 
     __slots__ = ()
-    at: str  # "20s", "budget", "budget-5s"
+    at: str  # "20s", "budget", "budget-5s", "budget-reserve"
     signal: str | int
 
 
@@ -52,24 +54,49 @@ def parse_ladder_spec(spec: str) -> list[StepSpec]:
     return steps
 
 
-def resolve_offset(at: str | int | float, budget: float) -> float:
-    """Seconds for `20s`, `budget` or `budget-5s`."""
+# The cold reserve: the time kept between a `budget-reserve` step and the
+# final KILL. A framework's cold shutdown (cancel, requeue, disconnect) takes
+# a second or two, but the warm phase before it is what lets jobs finish, so
+# the reserve is a quarter of the budget, never under the framework's
+# measured need (its floor) and never over 5 s, which every framework here
+# fits in with room to spare. On a budget too short for both, the warm phase
+# keeps half of it: a job that cannot finish is requeued by the cold step
+# either way, while a cold step on t=0 would leave no job a chance.
+COLD_RESERVE_SHARE = 0.25
+COLD_RESERVE_CAP = 5.0
+DEFAULT_COLD_FLOOR = 2.0  # for a ladder of one's own that says budget-reserve
+RESERVE = "reserve"
+
+
+def cold_reserve(budget: float, floor: float | None = None) -> float:
+    """Seconds between a `budget-reserve` step and the final KILL: a quarter
+    of the budget between the framework's floor and 5 s, and never more than
+    half the budget."""
+    floor = DEFAULT_COLD_FLOOR if floor is None else floor
+    return min(budget / 2, max(floor, min(COLD_RESERVE_CAP, COLD_RESERVE_SHARE * budget)))
+
+
+def resolve_offset(at: str | int | float, budget: float, reserve: float | None = None) -> float:
+    """Seconds for `20s`, `budget`, `budget-5s` or `budget-reserve`."""
     if isinstance(at, str) and at.strip().lower().startswith("budget"):
         rest = at.strip()[len("budget"):].strip()
         if not rest:
             return budget
         if not rest.startswith("-"):
-            raise ValueError(f"offset {shown(at)}: write budget-DURATION, e.g. budget-5s")
+            raise ValueError(f"offset {shown(at)}: write budget-DURATION (e.g. budget-5s) or budget-reserve")
+        if rest[1:].strip().lower() == RESERVE:
+            return max(0.0, budget - (cold_reserve(budget) if reserve is None else reserve))
         return max(0.0, budget - parse_duration(rest[1:]))
     return parse_duration(at)
 
 
-def build_ladder(specs: list[StepSpec] | None, budget: float) -> tuple[Step, ...]:
-    """The effective ladder: checked, with the implicit first and final steps added."""
+def build_ladder(specs: list[StepSpec] | None, budget: float, reserve: float | None = None) -> tuple[Step, ...]:
+    """The effective ladder: checked, with the implicit first and final steps
+    added; `reserve` is what `budget-reserve` keeps before the end."""
     steps: list[Step] = []
     for index, spec in enumerate(specs or ()):
         try:
-            steps.append(Step(resolve_offset(spec.at, budget), parse_signal(spec.signal)))
+            steps.append(Step(resolve_offset(spec.at, budget, reserve), parse_signal(spec.signal)))
         except ValueError as exc:
             raise LadderError(str(exc), index) from None
     for index, step in enumerate(steps):

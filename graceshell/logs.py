@@ -1,129 +1,116 @@
-"""Structured log events: a stable event name plus key/value pairs.
+"""Structured log events through structlog: a stable event name plus keys.
 
-The event model and output are structlog's (`event`, `level`, `timestamp`
-keys; JSON, logfmt or a coloured console line), rendered here directly:
-importing structlog pulls in asyncio, logging and inspect, which costs more
-than the whole of `graceshell run -- true` is allowed to take. Logs go to
-stderr so the worker keeps stdout to itself.
+Every event carries `event`, `level` and an ISO 8601 UTC `timestamp`
+(structlog's own processors), and is rendered by structlog's JSONRenderer,
+LogfmtRenderer or ConsoleRenderer. Logs go to stderr so the worker keeps
+stdout to itself.
+
+structlog costs tens of milliseconds to import (it pulls in asyncio, logging
+and inspect), so nothing here imports it at module level: the supervisor
+spawns the worker first and builds its logger afterwards, and the constants
+below are all that the settings layer needs on the way there.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
     from typing import Any, TextIO
+
+    from structlog.typing import FilteringBoundLogger
 
 FORMATS = ("auto", "json", "logfmt", "console")
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
-
-_COLOURS = {"debug": "\033[2m", "info": "\033[32m", "warning": "\033[33m", "error": "\033[31;1m"}
-_RESET, _DIM, _BOLD, _CYAN, _MAGENTA = "\033[0m", "\033[2m", "\033[1m", "\033[36m", "\033[35m"
-
-
-def _timestamp(now: float) -> str:
-    """ISO 8601 UTC with microseconds, like structlog's TimeStamper(fmt="iso")."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+LOG_FORMAT_ENV = "GRACESHELL_LOG_FORMAT"
+LOG_LEVEL_ENV = "GRACESHELL_LOG_LEVEL"
 
 
-def _logfmt_value(value: Any) -> str:
-    if value is None:
-        return ""
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if not isinstance(value, str):
-        import json
+class StreamSink:
+    """The end of structlog's chain: one write and one flush per line.
 
-        value = json.dumps(value, separators=(",", ":"), default=str)
-    if value == "" or any(c in value for c in ' ="\\\n\t'):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return value
+    A closed or broken stderr must never take the supervisor down, so
+    write errors are dropped here rather than raised into the loop.
+    """
 
+    __slots__ = ("stream",)
 
-def _console_value(value: Any) -> str:
-    """Like logfmt, but nested data is shown as plain JSON, for people."""
-    if isinstance(value, (list, dict)):
-        import json
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
 
-        return json.dumps(value, separators=(",", ":"), default=str)
-    return _logfmt_value(value)
-
-
-def render_json(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, default=str)
-
-
-def render_logfmt(record: dict[str, Any]) -> str:
-    return " ".join(f"{key}={_logfmt_value(value)}" for key, value in record.items())
-
-
-def render_console(record: dict[str, Any], colour: bool) -> str:
-    fields = dict(record)
-    event, level, stamp = fields.pop("event"), fields.pop("level"), fields.pop("timestamp")
-    stamp = stamp.replace("T", " ")[:23]
-    pairs = " ".join(f"{key}={_console_value(value)}" for key, value in fields.items())
-    if not colour:
-        return f"{stamp} [{level:<7}] {event:<20} {pairs}".rstrip()
-    pairs = " ".join(
-        f"{_CYAN}{key}{_RESET}={_MAGENTA}{_console_value(value)}{_RESET}" for key, value in fields.items()
-    )
-    return (f"{_DIM}{stamp}{_RESET} [{_COLOURS[level]}{level:<7}{_RESET}] "
-            f"{_BOLD}{event:<20}{_RESET} {pairs}").rstrip()
-
-
-class Logger:
-    """A bound logger: `log.info("graceshell.start", pid=41)`."""
-
-    def __init__(self, fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
-                 context: dict[str, Any] | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        tty = _isatty(self.stream)
-        self.format = ("console" if tty else "json") if fmt == "auto" else fmt
-        self.colour = tty and self.format == "console" and "NO_COLOR" not in os.environ
-        self.threshold = LEVELS[level]
-        self.context = context or {}
-
-    def bind(self, **context: Any) -> "Logger":
-        bound = Logger.__new__(Logger)
-        bound.__dict__.update(self.__dict__)
-        bound.context = {**self.context, **context}
-        return bound
-
-    def log(self, level: str, event: str, **fields: Any) -> None:
-        if LEVELS[level] < self.threshold:
-            return
-        record = {"event": event, **self.context, **fields, "level": level,
-                  "timestamp": _timestamp(time.time())}
-        if self.format == "json":
-            line = render_json(record)
-        elif self.format == "logfmt":
-            line = render_logfmt(record)
-        else:
-            line = render_console(record, self.colour)
+    def msg(self, message: str) -> None:
         try:
-            self.stream.write(line + "\n")
+            self.stream.write(message + "\n")
             self.stream.flush()
         except (OSError, ValueError):
-            pass  # a closed or broken stderr must never take the supervisor down
+            pass
 
-    def debug(self, event: str, **fields: Any) -> None:
-        self.log("debug", event, **fields)
+    debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
 
-    def info(self, event: str, **fields: Any) -> None:
-        self.log("info", event, **fields)
 
-    def warning(self, event: str, **fields: Any) -> None:
-        self.log("warning", event, **fields)
+def _event_first(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """`event` leads the line, then the bound context and the fields: the
+    key order graceshell has always written, which people read by eye."""
+    return {"event": event_dict.pop("event"), **event_dict}
 
-    def error(self, event: str, **fields: Any) -> None:
-        self.log("error", event, **fields)
+
+def _nested_as_json(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """logfmt and console values are flat: lists and dicts become compact JSON,
+    which a logfmt parser keeps as one value and a person can still read."""
+    import json
+
+    for key, value in event_dict.items():
+        if isinstance(value, (list, tuple, dict)):
+            event_dict[key] = json.dumps(value, separators=(",", ":"), default=str)
+    return event_dict
+
+
+def resolve_format(fmt: str, stream: TextIO) -> str:
+    """`auto` is console on a terminal, JSON everywhere else."""
+    return ("console" if _isatty(stream) else "json") if fmt == "auto" else fmt
+
+
+def make_logger(fmt: str = "auto", level: str = "info", stream: TextIO | None = None,
+                **context: Any) -> FilteringBoundLogger:
+    """A structlog logger for `fmt` and `level`, bound to `context`.
+
+    Built with `structlog.wrap_logger` rather than the global
+    `structlog.configure`: the integrations run inside the user's worker,
+    whose own structlog configuration is not graceshell's to change.
+    """
+    import structlog
+
+    stream = stream if stream is not None else sys.stderr
+    fmt = resolve_format(fmt, stream)
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        _event_first,
+    ]
+    if fmt == "json":
+        processors.append(structlog.processors.JSONRenderer(default=str))
+    elif fmt == "logfmt":
+        processors += [_nested_as_json, structlog.processors.LogfmtRenderer(bool_as_flag=False)]
+    else:
+        colour = _isatty(stream) and "NO_COLOR" not in os.environ
+        processors += [_nested_as_json,
+                       structlog.dev.ConsoleRenderer(colors=colour, pad_event_to=20, sort_keys=False)]
+    logger = structlog.wrap_logger(StreamSink(stream), processors=processors,
+                                   wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+                                   context_class=dict, cache_logger_on_first_use=True)
+    return logger.bind(**context) if context else logger.bind()
+
+
+def logger_from_environment(component: str) -> FilteringBoundLogger:
+    """The logger of an integration inside the worker: graceshell's format and
+    level, which graceshell passes down in the environment, on stderr."""
+    fmt = os.environ.get(LOG_FORMAT_ENV, "auto")
+    level = os.environ.get(LOG_LEVEL_ENV, "info")
+    return make_logger(fmt if fmt in FORMATS else "auto", level if level in LEVELS else "info",
+                       component=component)
 
 
 def _isatty(stream: TextIO) -> bool:

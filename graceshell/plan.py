@@ -12,7 +12,7 @@ import signal
 
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
-from graceshell.ladder import LadderError, Step, build_ladder
+from graceshell.ladder import LadderError, Step, build_ladder, cold_reserve
 from graceshell.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
 from graceshell.settings import Origin, Setting
 from graceshell.signals import DEFAULT_STOP_SIGNALS
@@ -30,13 +30,13 @@ class RunPlan:
     """What to run and how to stop it. Built by make_plan, read by the supervisor."""
 
     __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
-                 "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans")
+                 "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans", "cold_reserve")
 
     def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
                  platform: Platform, platform_source: str, platform_timeout: float | None,
                  stop_signals: frozenset[int], remap: dict[int, int], second_signal: str = "escalate",
                  linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None, preset: str = "generic",
-                 on_orphans: str | None = None) -> None:
+                 on_orphans: str | None = None, cold_reserve: float | None = None) -> None:
         self.argv = argv
         self.name = name
         self.ladder = ladder
@@ -51,6 +51,7 @@ class RunPlan:
         self.env = env  # added to graceshell's own environment
         self.preset = preset
         self.on_orphans = on_orphans  # command run with the orphan report on stdin
+        self.cold_reserve = cold_reserve  # what a `budget-reserve` step keeps before the final KILL
 
     @property
     def kill_at(self) -> float:
@@ -116,8 +117,9 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         raise UsageError(f"{settings['budget'].origin}: the {chosen.name} platform timeout is 0s, so the budget "
                          "must be 0s (or set the platform timeout)")
     ladder_origin = _where(settings, "ladder", "--ladder")
+    reserve = cold_reserve(budget, _get(settings, "cold_floor"))
     try:
-        steps = build_ladder(_get(settings, "ladder"), budget)
+        steps = build_ladder(_get(settings, "ladder"), budget, reserve)
     except LadderError as exc:
         where = ladder_origin.item(exc.index) if exc.index is not None else str(ladder_origin)
         raise UsageError(f"{where}: {exc}") from None
@@ -143,6 +145,7 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         env=_get(settings, "env"),
         preset=_get(settings, "preset", "generic"),
         on_orphans=_get(settings, "on_orphans"),
+        cold_reserve=reserve,
     )
 
 
@@ -164,6 +167,9 @@ def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "js
         argv += ["--env", file]
     if plan.platform_timeout is not None:
         argv += ["--platform-timeout", f"{plan.platform_timeout}s"]
+    if plan.preset != "generic":
+        # Its environment (RQ_WORKER_CLASS, RUBYOPT): the ladder below wins over its ladder.
+        argv += ["--preset", plan.preset]
     steps = [f"{signal_name(step.signal)}@{step.at}s" for step in plan.ladder if step.signal is not None]
     if steps:
         argv += ["--ladder", ",".join(steps)]

@@ -17,10 +17,10 @@ BROADCAST_PID1 = "pid1"  # to the container's main process only
 
 
 _PLATFORM_FIELDS = ("name timeout stop_signal broadcast repeats_stop_signal detect_env detect_file "
-                    "detect_needs_all timeout_env doc")
+                    "detect_needs_all timeout_env doc timeout_setting")
 
 
-class Platform(namedtuple("Platform", _PLATFORM_FIELDS, defaults=(False, (), None, False, None, ""))):
+class Platform(namedtuple("Platform", _PLATFORM_FIELDS, defaults=(False, (), None, False, None, "", None))):
     """A platform's stop model (a named tuple: cheap to import, immutable)."""
 
     __slots__ = ()
@@ -36,6 +36,7 @@ class Platform(namedtuple("Platform", _PLATFORM_FIELDS, defaults=(False, (), Non
     detect_needs_all: bool  # every detect_env var must be set, not just one
     timeout_env: str | None  # env var holding the configured timeout
     doc: str
+    timeout_setting: str | None  # where a user raises the timeout; None: it is fixed
 
 
 PLATFORMS: dict[str, Platform] = {
@@ -48,33 +49,40 @@ PLATFORMS: dict[str, Platform] = {
         # Render docs, "Deploys: zero-downtime": SIGTERM, maxShutdownDelaySeconds 30 (max 300).
         Platform("render", 30.0, signal.SIGTERM, BROADCAST_ALL, False,
                  ("RENDER", "RENDER_INSTANCE_ID", "RENDER_SERVICE_ID"),
-                 doc="render.com/docs/deploys#zero-downtime-deploys"),
+                 doc="render.com/docs/deploys#zero-downtime-deploys",
+                 timeout_setting="maxShutdownDelaySeconds in render.yaml"),
         # Fly.io fly.toml reference: kill_signal defaults to SIGINT, kill_timeout 5 s.
         Platform("fly", 5.0, signal.SIGINT, BROADCAST_PID1, False, ("FLY_APP_NAME", "FLY_MACHINE_ID"),
-                 doc="fly.io/docs/reference/configuration/#runtime-options"),
+                 doc="fly.io/docs/reference/configuration/#runtime-options",
+                 timeout_setting="kill_timeout in fly.toml"),
         # Railway: SIGTERM, then SIGKILL after RAILWAY_DEPLOYMENT_DRAINING_SECONDS (default 0).
         Platform("railway", 0.0, signal.SIGTERM, BROADCAST_PID1, False,
                  ("RAILWAY_REPLICA_ID", "RAILWAY_DEPLOYMENT_ID"),
                  timeout_env="RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
-                 doc="docs.railway.com/reference/deployment-teardown"),
+                 doc="docs.railway.com/reference/deployment-teardown",
+                 timeout_setting="the service variable RAILWAY_DEPLOYMENT_DRAINING_SECONDS"),
         # Cloud Run container contract: SIGTERM, SIGKILL 10 s later.
         Platform("cloudrun", 10.0, signal.SIGTERM, BROADCAST_PID1, False, ("K_SERVICE", "CLOUD_RUN_JOB"),
                  doc="cloud.google.com/run/docs/container-contract#instance-shutdown"),
         # ECS task definition: STOPSIGNAL to the main process, stopTimeout 30 s.
         Platform("ecs", 30.0, signal.SIGTERM, BROADCAST_PID1, False, ("ECS_CONTAINER_METADATA_URI_V4",),
-                 doc="docs.aws.amazon.com/AmazonECS/latest/developerguide/task_definition_parameters.html"),
+                 doc="docs.aws.amazon.com/AmazonECS/latest/developerguide/task_definition_parameters.html",
+                 timeout_setting="stopTimeout in the task definition"),
         # Pod lifecycle: STOPSIGNAL to each container's PID 1, terminationGracePeriodSeconds 30.
         Platform("kubernetes", 30.0, signal.SIGTERM, BROADCAST_PID1, False, ("KUBERNETES_SERVICE_HOST",),
-                 doc="kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination"),
+                 doc="kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination",
+                 timeout_setting="terminationGracePeriodSeconds in the pod spec"),
         # systemd.kill: KillMode=control-group signals every process, TimeoutStopSec 90 s.
         # INVOCATION_ID alone is inherited by terminal sessions; JOURNAL_STREAM
         # marks a unit whose output goes to the journal.
         Platform("systemd", 90.0, signal.SIGTERM, BROADCAST_ALL, False, ("INVOCATION_ID", "JOURNAL_STREAM"),
-                 detect_needs_all=True, doc="www.freedesktop.org/software/systemd/man/systemd.kill.html"),
+                 detect_needs_all=True, doc="www.freedesktop.org/software/systemd/man/systemd.kill.html",
+                 timeout_setting="TimeoutStopSec= in the unit"),
         # docker stop: STOPSIGNAL to PID 1, SIGKILL after 10 s (-t).
         Platform("docker", 10.0, signal.SIGTERM, BROADCAST_PID1, False, detect_file="/.dockerenv",
-                 doc="docs.docker.com/reference/cli/docker/container/stop/"),
-        Platform("none", None, signal.SIGTERM, BROADCAST_PID1),
+                 doc="docs.docker.com/reference/cli/docker/container/stop/",
+                 timeout_setting="stop_grace_period in compose, or docker stop -t / docker run --stop-timeout"),
+        Platform("none", None, signal.SIGTERM, BROADCAST_PID1, timeout_setting="--platform-timeout"),
     )
 }
 

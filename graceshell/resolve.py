@@ -17,10 +17,13 @@ from graceshell.settings import Origin, Setting, merge
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from graceshell.config import ConfigFile
     from graceshell.procfile import Procfile
+
+    # (argv of the line, "Procfile:3") -> (the worker's own argv, the line's flags as settings)
+    RunLineReader = Callable[[list[str], str], tuple[list[str], dict[str, Setting]]]
 
 # The parsers are imported only when there is a file to parse: `graceshell
 # run -- CMD` with no graceshell.yml, Procfile or .env pays for none of them.
@@ -34,10 +37,10 @@ DEFAULT_DOTENV = ".env"
 class Sources:
     """The files a command reads, loaded once: config, Procfile, .env."""
 
-    __slots__ = ("config", "procfile_path", "_procfile", "dotenv", "inline")
+    __slots__ = ("config", "procfile_path", "_procfile", "dotenv", "inline", "read_run_line")
 
     def __init__(self, config_path: str | None, procfile_path: str | None, env_files: Sequence[str] | None,
-                 environ: Mapping[str, str]) -> None:
+                 environ: Mapping[str, str], read_run_line: RunLineReader | None = None) -> None:
         path = config_path or environ.get(CONFIG_ENV) or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
         self.config: ConfigFile | None = None
         if path:
@@ -50,6 +53,9 @@ class Sources:
         self.dotenv: dict[str, Setting] = {}
         # Flags written on a Procfile line that itself runs `graceshell run`, per type.
         self.inline: dict[str, dict[str, Setting]] = {}
+        # How a `graceshell run ...` Procfile line is read: the command line's
+        # own parser, handed down from above so that this layer imports no CLI.
+        self.read_run_line = read_run_line
         if files:
             from graceshell.procfile import read_dotenv
         for file in files:
@@ -82,7 +88,9 @@ class Sources:
             raise UsageError(f"{where}: the command of {process_type!r} is `graceshell run {process_type}` "
                              "itself; write the worker's own command there")
         if len(argv) > 1 and os.path.basename(argv[0]) == "graceshell" and argv[1] == "run":
-            argv, self.inline[process_type] = _unwrap(argv, where)
+            if self.read_run_line is None:
+                raise UsageError(f"{where}: a `graceshell run` line cannot be read here")
+            argv, self.inline[process_type] = self.read_run_line(argv, where)
         return argv
 
     def settings_for(self, section: str | None, flags: Mapping[str, Setting]) -> dict[str, Setting]:
@@ -102,32 +110,6 @@ def _runs_itself(argv: list[str], process_type: str) -> bool:
     words = words[1:] if words[:1] == ["exec"] else words
     return (bool(words) and os.path.basename(words[0]) == "graceshell" and "run" in words
             and words[-1] == process_type and "--" not in words)
-
-
-def _unwrap(argv: list[str], where: str) -> tuple[list[str], dict[str, Setting]]:
-    """`worker: graceshell run --preset celery -- celery worker` (the Procfile a
-    platform runs) read by `start`, `check`, `drill` or `run worker`: the worker's
-    own command, and the line's flags as settings, instead of a graceshell
-    nested in a graceshell."""
-    from graceshell.cli import build_parser, flag_layer
-
-    try:
-        options = build_parser("run").parse_args(argv[1:])
-    except UsageError as exc:
-        raise UsageError(f"{where}: {exc}") from None
-    for flag, value in (("--config", options.config), ("--procfile", options.procfile), ("--env", options.env)):
-        if value:
-            raise UsageError(f"{where}: {flag} inside a Procfile line is not supported; give it to the outer "
-                             "graceshell command")
-    words = options.command[1:] if options.command[:1] == ["--"] else options.command
-    if options.command[:1] != ["--"] and len(words) == 1:
-        raise UsageError(f"{where}: `graceshell run {words[0]}` inside the Procfile nests a process type; "
-                         "write the worker's own command after `graceshell run --`")
-    if not words:
-        raise UsageError(f"{where}: `graceshell run` without a command")
-    inline = {key: Setting(setting.value, Origin(f"{where} {setting.origin}"))
-              for key, setting in flag_layer(options, {}).items()}
-    return words, inline
 
 
 def process_from_environment(environ: Mapping[str, str]) -> str | None:

@@ -32,7 +32,7 @@ TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for 
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
-    from graceshell.logs import Logger
+    from structlog.typing import FilteringBoundLogger as Logger
 
 BASE_PORT = 5000
 PORT_STEP_PER_TYPE = 100
@@ -278,7 +278,7 @@ class Starter:
             bad = [i.exit_code for i in self.instances if i.exit_code not in (0, 128 + signal.SIGTERM,
                                                                               128 + signal.SIGINT)]
             code = bad[0] if bad else 0
-        self.log.log("info" if code == 0 else "warning", "graceshell.summary", exit_code=code,
+        (self.log.info if code == 0 else self.log.warning)("graceshell.summary", exit_code=code,
                      cause=self.cause.name if self.cause else None,
                      processes=[{"process": i.name, "exit_code": i.exit_code, "restarts": i.restarts,
                                  "gave_up": i.gave_up} for i in self.instances])

@@ -22,7 +22,7 @@ import time
 from graceshell import tree
 from graceshell.ladder import describe
 from graceshell.ledger import Ledger
-from graceshell.logs import Logger
+from graceshell.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from graceshell.plan import RunPlan
 from graceshell.report import build_report
 from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
@@ -30,6 +30,8 @@ from graceshell.signals import forwardable_signals, read_signals, signal_name, w
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from typing import Any
+
+    from structlog.typing import FilteringBoundLogger
 
 # How long to wait for the kernel to finish off a SIGKILLed tree before
 # reporting survivors (processes stuck in uninterruptible sleep) and leaving.
@@ -61,9 +63,10 @@ def _note_signal(signum: int, frame: Any) -> None:
 
 
 class Supervisor:
-    def __init__(self, plan: RunPlan, log: Logger) -> None:
+    def __init__(self, plan: RunPlan, log_format: str = "auto", log_level: str = "info") -> None:
         self.plan = plan
-        self.log = log.bind(process=plan.name)
+        self.log_format, self.log_level = log_format, log_level
+        self.log: FilteringBoundLogger  # built once the worker runs: see _run
         self.caught: frozenset[int] = frozenset()
         self.pid = 0
         self.subreaper = False
@@ -124,7 +127,9 @@ class Supervisor:
         self.ledger = Ledger()
         # Files (preset, graceshell.yml, .env) set defaults; the real environment
         # wins; the ledger's paths are this run's own.
-        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment()}
+        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment(self.plan.budget),
+               # The integrations inside the worker log the way graceshell does.
+               LOG_FORMAT_ENV: self.log_format, LOG_LEVEL_ENV: self.log_level}
         self.pid = tree.spawn_worker(self.plan.argv, env, self.caught | _PYTHON_IGNORES)
         self.started = time.monotonic()
         if hasattr(os, "pidfd_open"):
@@ -146,6 +151,12 @@ class Supervisor:
 
     def _run(self) -> int:
         wakeup = self.start()
+        # The logging library is imported only now, while the worker starts:
+        # the worker never waits for it, and a signal that arrives meanwhile
+        # waits in the wakeup pipe for the loop below.
+        from graceshell.logs import make_logger
+
+        self.log = make_logger(self.log_format, self.log_level, process=self.plan.name)
         self.log.info(
             "graceshell.start", pid=self.pid, command=self.plan.argv, graceshell_pid=os.getpid(),
             platform=self.plan.platform.name, platform_source=self.plan.platform_source,
@@ -169,6 +180,9 @@ class Supervisor:
         watch = self.ledger.watch() if self.ledger is not None else None
         if watch is not None:
             selector.register(watch, selectors.EVENT_READ)
+            # A job may have started while the watch was being set up.
+            self._update_busy(time.monotonic())
+        self._prepare_notice()
         while True:
             for key, _ in selector.select(self._timeout()):
                 if key.fd == wakeup:
@@ -251,6 +265,7 @@ class Supervisor:
                 self.log.info("graceshell.signal", signal=name, action="stop", budget_s=self.plan.budget)
                 self._escalate_leftovers(now)
             tree.warm_up()  # after the worker has its signal: later steps must be on time
+            self._prepare_notice()  # for the escalation's notice
             return
         self._on_repeat_stop(signum, now)
 
@@ -300,6 +315,15 @@ class Supervisor:
             self.ledger.write_notice(self.notice)
         except OSError as exc:  # a full disk must not stop the stop
             self.log.error("graceshell.notice_failed", error=str(exc))
+
+    def _prepare_notice(self) -> None:
+        """The next notice's file, opened while nothing is waiting on graceshell."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.prepare_notice()
+        except OSError as exc:  # the notice is written the slow way at the stop, or reported then
+            self.log.debug("graceshell.notice_prepare_failed", error=str(exc))
 
     # -- busy state -------------------------------------------------------------
 
@@ -355,6 +379,8 @@ class Supervisor:
         if index:
             self._note_escalation(index)
         delivered = self._send_main(sent)
+        if index:
+            self._prepare_notice()
         if log_stop is not None:  # the stop's own event, written once the worker has its signal
             self.log.info("graceshell.signal", signal=log_stop, action="stop", budget_s=self.plan.budget,
                           ladder=describe(self.plan.ladder, self.first_signal))
@@ -444,7 +470,7 @@ class Supervisor:
             shutdown_s=time.monotonic() - self.stop_at if self.stop_at is not None else None,
             reaped_orphans=self.reaped_orphans, orphaned_jobs=orphaned)
         troubled = report["outcome"] in ("killed", "escalated", "crashed") or self.survivors or orphaned
-        self.log.log("warning" if troubled else "info", "graceshell.exit", **report)
+        (self.log.warning if troubled else self.log.info)("graceshell.exit", **report)
         if orphaned and self.plan.on_orphans:
             from graceshell.hooks import run_on_orphans
 
@@ -462,8 +488,9 @@ class Supervisor:
         return max(0.0, deadline - time.monotonic())
 
 
-def run(plan: RunPlan, log: Logger) -> int:
-    """Supervise `plan`; returns graceshell's exit status. OSError when the
-    command cannot be started (the caller maps it to 126/127)."""
-    return Supervisor(plan, log).run()
+def run(plan: RunPlan, log_format: str = "auto", log_level: str = "info") -> int:
+    """Supervise `plan`, logging in `log_format` from `log_level` up; returns
+    graceshell's exit status. OSError when the command cannot be started (the
+    caller maps it to 126/127)."""
+    return Supervisor(plan, log_format, log_level).run()
 

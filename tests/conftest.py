@@ -60,6 +60,10 @@ class Run:
         path = self.state / "ready.json"
         wait_for(lambda: path.exists() or self.proc.poll() is not None, timeout, "worker ready")
         assert path.exists(), f"worker never got ready: {self.stderr()}"
+        # graceshell logs its start once the worker runs (its logging is set
+        # up after the spawn): ready means both are.
+        wait_for(lambda: "graceshell.start" in self.stderr() or self.proc.poll() is not None, timeout,
+                 "graceshell.start")
         return json.loads(path.read_text())
 
     def signals(self, pid: int) -> list[tuple[str, float]]:
@@ -170,6 +174,22 @@ def redis_url(tmp_path_factory):
         proc.wait(10)
 
 
+@pytest.fixture(scope="session")
+def framework_stops(request, tmp_path_factory, redis_url):
+    """Every stop of the survival tests registered with `scenarios_of`
+    (Dramatiq, Huey, arq), for the frameworks whose tests are selected, all
+    run at once: each mostly waits on a sleeping job or a timeout, so
+    together they cost the time of the slowest. {framework: {key: outcome}}."""
+    from survival_helpers import SCENARIO_BUILDERS, run_concurrently
+
+    modules = {item.module.__name__ for item in request.session.items}
+    selected = [name for name, build in SCENARIO_BUILDERS.items() if build.__module__ in modules]
+    runs = {(name, key): run for name in selected
+            for key, run in SCENARIO_BUILDERS[name](tmp_path_factory, redis_url).items()}
+    outcomes = run_concurrently(runs)
+    return {name: {key: value for (owner, key), value in outcomes.items() if owner == name} for name in selected}
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """The survival table of the end-to-end tests, and the benchmarks' smoke figures."""
     try:
@@ -180,17 +200,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("benchmarks, smoke run (figures only, no thresholds)")
         for line in output.splitlines():
             terminalreporter.write_line(line)
-    try:
-        from test_survival import SURVIVAL
-    except ImportError:
-        return
+    from survival_helpers import SURVIVAL
+
     if not SURVIVAL:
         return
-    terminalreporter.section("survival of a platform stop (SIGKILL at 10 s)")
+    terminalreporter.section("survival of a platform stop (SIGKILL at 10 s unless the row says otherwise)")
+    width = max(len(row["framework"]) for row in SURVIVAL)
     for row in SURVIVAL:
         jobs = ", ".join(f"{k}: {v}" for k, v in row.items()
                          if k not in ("framework", "broadcast", "setup", "platform_sigkill"))
-        terminalreporter.write_line(f"{row['framework']:<7} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
+        terminalreporter.write_line(f"{row['framework']:<{width}} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
                                     f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")
 
 

@@ -25,5 +25,6 @@ def test_benchmark_smoke_run(tmp_path):
         assert section in figures
     assert figures["tree kill (1000 processes, 100 escaped with setsid)"]["graceshell"]["survivors"] == 0
     assert figures["zombie storm"]["graceshell"]["zombies_left"] == 0
+    assert figures["imports on the start path (python -X importtime)"]["structlog imported after the spawn"] is True
     throughput = figures["start output throughput"]["graceshell start"]
     assert throughput["lines_whole_in_order"] == throughput["of"]

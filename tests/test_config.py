@@ -75,7 +75,7 @@ BAD = [
     (None, "worker: " + MARKER_CMD + "\n", None, ["run", "nosuch"], "no process type 'nosuch' (types: worker)"),
     (None, "worker: graceshell run worker\n", None, ["run", "worker"], "is `graceshell run worker` itself"),
     (None, None, None, ["run", "worker"], "Procfile: not found, so 'worker' is no process type"),
-    (None, "worker: graceshell run --bogus -- x\n", None, ["run", "worker"], "Procfile:1: unrecognized arguments: --bogus"),
+    (None, "worker: graceshell run --bogus -- x\n", None, ["run", "worker"], "Procfile:1: No such option '--bogus'"),
     (None, "worker: graceshell run web\n", None, ["run", "worker"], "Procfile:1: `graceshell run web` inside the"),
     (None, "worker: graceshell run --config x.yml -- a\n", None, ["run", "worker"],
      "Procfile:1: --config inside a Procfile line is not supported"),
@@ -84,9 +84,9 @@ BAD = [
     (None, None, "export A B\n", [], ".env:1: expected NAME=value"),
     (None, None, "A='unterminated\n", [], ".env:1: unterminated ' quote"),
     (None, None, None, ["-c", "missing.yml"], "missing.yml: config file not found"),
-    (None, None, None, ["--preset", "celry"], "argument --preset: unknown preset 'celry'"),
-    (None, None, None, ["--ladder", "QUIT@budget+1s"], "argument --ladder: offset 'budget+1s'"),
-    (None, None, None, ["--log-level", "loud"], "--log-level: 'loud' is not one of"),
+    (None, None, None, ["--preset", "celry"], "'--preset': unknown preset 'celry'"),
+    (None, None, None, ["--ladder", "QUIT@budget+1s"], "'--ladder': offset 'budget+1s'"),
+    (None, None, None, ["--log-level", "loud"], "'--log-level': 'loud' is not one of"),
 ]
 
 
@@ -152,9 +152,12 @@ def test_precedence_flags_section_defaults_preset_platform(tmp_path):
     ("generic", [("(as received)", 0.0), ("KILL", 25.0)]),
     ("celery", [("TERM", 0.0), ("QUIT", 20.0), ("KILL", 25.0)]),
     ("rq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
-    ("sidekiq", [("TSTP", 0.0), ("TERM", 0.0), ("KILL", 25.0)]),
+    ("sidekiq", [("TERM", 0.0), ("TERM", 22.0), ("KILL", 25.0)]),
+    ("dramatiq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("huey", [("INT", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("arq", [("TERM", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
     ("resque", [("QUIT", 0.0), ("TERM", 19.0), ("KILL", 25.0)]),
-    ("delayed_job", [("INT", 0.0), ("TERM", 20.0), ("KILL", 25.0)]),
+    ("delayed_job", [("INT", 0.0), ("TERM", 22.0), ("KILL", 25.0)]),
     ("gunicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
     ("uvicorn", [("TERM", 0.0), ("INT", 22.0), ("KILL", 25.0)]),
 ])
@@ -164,6 +167,86 @@ def test_presets_on_heroku(tmp_path, preset, ladder):
     assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == ladder
     if preset == "resque":
         assert entry["env"]["value"] == ["TERM_CHILD"]
+    if preset in ("sidekiq", "delayed_job"):
+        assert entry["env"]["value"] == ["RUBYOPT"]
+
+
+@pytest.mark.parametrize("preset, bare, integrated", [
+    ("dramatiq", "dramatiq app", "dramatiq app graceshell.integrations.dramatiq --processes 2"),
+    ("huey", "huey_consumer app.huey -w 4", "python -m graceshell.integrations.huey app.huey -w 4"),
+    ("arq", "arq app.WorkerSettings", "sh -c 'exec python -m graceshell.integrations.arq $SETTINGS'"),
+], ids=["dramatiq", "huey", "arq"])
+def test_check_says_whether_the_command_runs_graceshells_integration(tmp_path, preset, bare, integrated):
+    """On a broadcasting platform `check` names the integration the command lacks, or says it has it."""
+    write(tmp_path, "Procfile", f"bare: {bare}\nintegrated: {integrated}\n")
+    out = check_json(tmp_path, "--preset", preset, "--platform", "heroku")
+    warnings = {entry["process"]: " ".join(entry["warnings"]) for entry in out["processes"]}
+    assert f"graceshell.integrations.{preset}" in warnings["bare"] and "the command runs" not in warnings["bare"]
+    assert f"the command runs graceshell.integrations.{preset}" in warnings["integrated"]
+
+
+# (platform, timeout flag, preset): the cold step scales with the budget and
+# leaves a warm phase of at least half of it on the platforms with short grace.
+@pytest.mark.parametrize("platform, preset, ladder", [
+    ("fly", "celery", [("TERM", 0.0), ("QUIT", 2.0), ("KILL", 4.0)]),
+    ("fly", "rq", [("TERM", 0.0), ("TERM", 2.0), ("KILL", 4.0)]),
+    ("docker", "celery", [("TERM", 0.0), ("QUIT", 5.0), ("KILL", 8.0)]),
+    ("docker", "rq", [("TERM", 0.0), ("TERM", 6.0), ("KILL", 8.0)]),
+    ("cloudrun", "celery", [("TERM", 0.0), ("QUIT", 5.0), ("KILL", 8.0)]),
+    ("cloudrun", "rq", [("TERM", 0.0), ("TERM", 6.0), ("KILL", 8.0)]),
+])
+def test_short_grace_keeps_a_warm_phase(tmp_path, platform, preset, ladder):
+    entry = check_json(tmp_path, "--preset", preset, "--platform", platform)["processes"][0]
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == ladder
+    assert entry["warm_phase_s"]["value"] >= entry["budget_s"]["value"] / 2
+    assert entry["cold_reserve_s"]["from"].startswith("25% of the budget, at least ")
+    assert f"(preset {preset}: " in entry["cold_reserve_s"]["from"] and entry["errors"] == []
+
+
+def test_an_8s_compose_stop_grace_period_fits_a_3s_job(tmp_path):
+    entry = check_json(tmp_path, "--preset", "celery", "--platform", "docker",
+                       "--platform-timeout", "8s")["processes"][0]
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == [("TERM", 0.0), ("QUIT", 3.4),
+                                                                          ("KILL", 6.4)]
+
+
+def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(tmp_path):
+    proc = graceshell(tmp_path, "check", "--platform", "fly", "--preset", "resque")
+    assert proc.returncode == 0, proc.stderr
+    assert "  warm phase       0s" in proc.stdout
+    assert ("error: TERM@budget-6s falls on 0s: a budget of 4s (fly, timeout 5s) leaves no warm phase"
+            in proc.stdout)
+    assert "raise kill_timeout in fly.toml to at least 15s" in proc.stdout
+    railway = check_json(tmp_path, "--platform", "railway", "--preset", "celery")["processes"][0]
+    (error,) = railway["errors"]
+    assert error.endswith("raise the service variable RAILWAY_DEPLOYMENT_DRAINING_SECONDS to at least 8s")
+    fixed = graceshell(tmp_path, "check", "--platform", "cloudrun", "--budget", "1s", "--preset", "resque")
+    assert "error: TERM@budget-6s falls on 0s" in fixed.stdout and "raise the budget (--budget)" in fixed.stdout
+    heroku = graceshell(tmp_path, "check", "--platform", "heroku", "--platform-timeout", "5s", "--preset", "resque")
+    assert "heroku's timeout cannot be raised: give this worker a ladder of its own" in heroku.stdout
+
+
+def test_a_budget_relative_first_step_that_fits_is_no_error(tmp_path):
+    entry = check_json(tmp_path, "--platform", "docker", "--ladder", "QUIT@budget-5s")["processes"][0]
+    assert entry["errors"] == [] and entry["warm_phase_s"]["value"] == 3.0
+    fly = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget-5s")["processes"][0]
+    assert fly["errors"][0].startswith("QUIT@budget-5s falls on 0s")
+
+
+def test_a_short_budget_halves_between_warm_phase_and_cold_step_and_says_so(tmp_path):
+    entry = check_json(tmp_path, "--platform", "fly", "--preset", "celery")["processes"][0]
+    assert entry["warm_phase_s"]["value"] == entry["cold_reserve_s"]["value"] == 2.0 and entry["errors"] == []
+    assert entry["warnings"][0] == (
+        "the cold step gets 2s before the final KILL, less than the 3s the celery preset's cold shutdown needs: "
+        "it may be cut short by the KILL (jobs are still reported); raise kill_timeout in fly.toml to at least 8s")
+
+
+def test_budget_reserve_in_graceshell_yml(tmp_path):
+    write(tmp_path, "graceshell.yml", "platform: docker\ndefaults:\n  ladder: 'INT@0s,TERM@budget-reserve'\n")
+    entry = check_json(tmp_path)["processes"][0]
+    # No preset floor: the built-in 2s, or a quarter of the budget when that is more.
+    assert [(s["signal"], s["at"]) for s in entry["ladder"]["value"]] == [("INT", 0.0), ("TERM", 6.0), ("KILL", 8.0)]
+    assert entry["cold_reserve_s"]["value"] == 2.0 and "(built-in)" in entry["cold_reserve_s"]["from"]
 
 
 def test_config_from_environment_variable(tmp_path):

@@ -45,6 +45,54 @@ def test_the_demo_worker_survives_a_heroku_stop(tmp_path):
     assert result["stopped_after_s"] < 6
 
 
+def test_a_worker_that_needs_graceshells_sigkill_did_not_survive(tmp_path):
+    # It ignores TERM: only the KILL at the budget ends it, and whatever it
+    # was doing outside the ledger died with it.
+    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "3s", "--after", "0.5s",
+                              "--", sys.executable, WORKER, str(tmp_path), "--child", "--ignore", "TERM")
+    assert code == 1, err
+    assert result["survived"] is False and result["platform_killed"] == [] and result["outcome"] == "killed"
+    assert result["verdict"].startswith("did not stop on its own: graceshell SIGKILLed 2 process(es) at its budget")
+    kinds = [(e["kind"], e["fired"]) for e in result["timeline"]]
+    assert ("kill", True) in kinds and ("deadline", False) in kinds
+
+
+def test_text_timeline_of_a_stop(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "graceshell", "drill", "--platform", "heroku", "--platform-timeout",
+                           "4s", "--after", "0.5s", "--preset", "celery", "--", sys.executable, WORKER,
+                           str(tmp_path), "--job", "j-9:reports.build", "--ignore", "TERM", "--exit-on", "QUIT"],
+                          cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("graceshell drill: DID NOT SURVIVE: stopped in ")
+    start = lines.index("  timeline, from the stop to the platform's SIGKILL at 4s:")
+    bars = lines[start + 1:-1]
+    # Budget 3.2s, cold reserve half of it: QUIT at 1.6s; every bar is plain ASCII, 42 columns wide.
+    assert bars[0] == "  0.00s  |*.......................................|  stop: TERM to every process (platform heroku)"
+    assert any(line.endswith("QUIT to the worker: step 2, cold shutdown") for line in bars)
+    assert any("job j-9 reports.build cut off: left in the ledger, not requeued" in line for line in bars)
+    assert bars[-1] == "  4.00s  |.......................................o|  platform's SIGKILL at 4s: not needed"
+    assert all(line.split("|")[1].count("*") + line.split("|")[1].count("o") == 1 and len(line.split("|")[1]) == 40
+               for line in bars)
+    assert lines[-1].startswith("  used ") and lines[-1].endswith(" of the 4s grace period (" + lines[-1].split("(")[-1])
+
+
+def test_the_timeline_on_a_terminal_is_drawn_with_blocks():
+    from graceshell.drill import render
+
+    result = {"survived": True, "verdict": "stopped cleanly in 1.0s of 10s", "platform": "docker",
+              "stop_signal": "TERM", "broadcast": "pid1", "platform_timeout_s": 10.0, "wrapped": True,
+              "exit_code": 0, "platform_killed": [], "orphaned_jobs": [], "stopped_after_s": 1.0,
+              "timeline": [{"t": 0.0, "what": "stop", "kind": "stop", "fired": True},
+                           {"t": 5.0, "what": "the worker exited (exit 0)", "kind": "exit", "fired": True},
+                           {"t": 10.0, "what": "platform's SIGKILL", "kind": "deadline", "fired": False}]}
+    shown = render(result, tty=True)
+    assert "\u2502\u2588" in shown and "\u25cb\u2502" in shown and "\x1b[36mthe worker exited (exit 0)\x1b[0m" in shown
+    plain = render(result, tty=False)
+    assert "\x1b" not in plain and "  5.00s  |" + "=" * 20 + "*" + "." * 19 + "|  the worker exited (exit 0)" in plain
+    assert plain.endswith("  used 1.0s of the 10s grace period (10%)\n")
+
+
 def test_text_verdict(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "graceshell", "drill", "--platform", "kubernetes", "--after", "0.3s",
                            "--", "sleep", "30"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,

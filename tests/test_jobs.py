@@ -142,3 +142,20 @@ def test_helpers_inside_graceshell(monkeypatch, tmp_path):
     (tmp_path / "stop.json").write_text(json.dumps({"signal": "TERM", "deadline": time.time() + 10}))
     assert shutdown.requested() is True
     assert 9 < shutdown.remaining() <= 10
+
+
+def test_the_pre_rendered_notice_is_the_json_of_the_notice():
+    from hypothesis import given, strategies as st
+
+    from graceshell.ledger import render_notice
+
+    stamp = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+
+    @given(signal=st.sampled_from(["TERM", "INT", "QUIT", "RTMIN+2", "64"]), received=stamp, deadline=stamp,
+           platform=st.none() | stamp, step=st.integers(0, 20), escalated=st.none() | stamp)
+    def same_as_json(signal, received, deadline, platform, step, escalated):
+        notice = {"signal": signal, "received_at": round(received, 6), "deadline": round(deadline, 6),
+                  "platform_deadline": platform, "step": step, "escalated_at": escalated}
+        assert json.loads(render_notice(notice)) == notice
+
+    same_as_json()

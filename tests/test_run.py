@@ -298,7 +298,6 @@ def test_stop_before_the_worker_exists_is_not_lost(tmp_path, worker):
     code = f"""
 import os, signal, sys
 from graceshell import tree
-from graceshell.logs import Logger
 from graceshell.plan import make_plan
 from graceshell.settings import Origin, Setting
 from graceshell.supervisor import Supervisor
@@ -308,7 +307,7 @@ def early(*args):
     return spawn(*args)
 tree.spawn_worker = early
 plan = make_plan({worker('--exit-on', 'TERM')[1:]!r}, {{"platform": Setting("none", Origin("test"))}})
-sys.exit(Supervisor(plan, Logger('json')).run())
+sys.exit(Supervisor(plan, 'json').run())
 """
     proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True,
                           timeout=20)

@@ -3,65 +3,54 @@
 Each scenario runs `graceshell drill` the way the platform would stop the
 worker (a broadcast to every process, as Heroku does, or a signal to the
 process group), with a short job that fits in the warm phase and a long one
-that does not. Under graceshell with its preset the goal must hold: the
-short job completes, the long job is back in its queue, and nothing needed
-the platform's SIGKILL. Bare runs are recorded, not asserted: they are the
-problem graceshell exists for, and the table they make is in the README.
+that does not, on three platform timeouts: 10 s (Docker, Cloud Run), 8 s (a
+common `stop_grace_period`) and 5 s (Fly). Under graceshell with its preset
+the goal must hold: the short job completes, the long job is back in its
+queue and named in the report, and nothing needed a SIGKILL. Bare runs (at
+10 s) are recorded, not asserted: they are the problem graceshell exists
+for, and the table they make is in the README.
+
+The Celery worker (two tasks at once) and the two RQ workers (one job each)
+of a scenario run side by side and are stopped at the same moment: the
+drills share one --when-ready file.
 """
 
-import json
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import clean_env, wait_for
+from survival_helpers import BIN, LONG, SHORT, SURVIVAL, drill, finish, stop_drill
 
 pytest.importorskip("celery")
 pytest.importorskip("rq")
 
-BIN = Path(sys.executable).parent
-PLATFORM = ["--platform", "heroku", "--platform-timeout", "10s"]  # budget 8s; cold step at 3s
-SHORT, LONG = 1.5, 60.0
-SURVIVAL: list[dict] = []  # printed by conftest's terminal summary
+# platform timeout -> the job that must complete when it is running at the stop
+SHORT_AT = {10: SHORT, 8: 3.0, 5: 1.5}
+DRILL_STDERR = subprocess.DEVNULL  # the workers' output and graceshell's log; a file to read them
 
 
-def drill(tmp: Path, args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "graceshell", "drill", *PLATFORM, "--json",
-                             "--when-ready", str(tmp / "ready.flag"), *args],
-                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+def cold_shutdown_s(result: dict) -> float | str | None:
+    """From the cold step to the worker's exit, read from the drill's timeline."""
+    cold = [e["t"] for e in result["timeline"] if e["fired"] and "cold shutdown" in e["what"]]
+    exits = [e["t"] for e in result["timeline"] if e["kind"] == "exit"]
+    kills = [e["t"] for e in result["timeline"] if e["fired"] and e["kind"] == "kill"]
+    if not cold or not exits:
+        return None
+    if kills and kills[0] <= exits[0]:
+        return f"more than {kills[0] - cold[0]:.2f} (cut by graceshell's KILL)"
+    return round(exits[0] - cold[0], 3)
 
 
-def stop_drill(proc: subprocess.Popen) -> None:
-    """On a failure, the drill and every worker process under it: none may outlive the test."""
-    import psutil
-
-    if proc.poll() is not None:
-        return
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for each in procs:
-        try:
-            each.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
-
-
-def finish(proc: subprocess.Popen) -> dict:
-    out, _ = proc.communicate(timeout=90)
-    return json.loads(out)
-
-
-def record(framework: str, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
+def record(framework: str, timeout: int, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
     SURVIVAL.append({"framework": framework, "broadcast": broadcast,
-                     "setup": "graceshell + preset" if wrapped else "bare", **fates,
+                     "setup": "graceshell + preset" if wrapped else "bare", "platform timeout": f"{timeout}s", **fates,
+                     "cold shutdown s": cold_shutdown_s(result),
+                     "graceshell's KILL": result["outcome"] == "killed",
                      "platform_sigkill": bool(result["platform_killed"])})
 
 
@@ -87,58 +76,78 @@ def work(self, seconds):
 """
 
 
-def celery_fate(task_id: str, marks: Path, redis, queue: str) -> str:
-    if (marks / f"done-{task_id}").exists():
-        return "completed"
-    if any(task_id.encode() in message for message in redis.lrange(queue, 0, -1)):
-        return "requeued"
-    if any(task_id.encode() in message for message in redis.hvals("unacked")):
-        return "unacked (back after the visibility timeout)"
-    return "lost"
+class CeleryRun:
+    """One Celery worker (prefork, two processes) under a drill, running a short and a long task."""
 
+    framework = "celery"
 
-@pytest.mark.parametrize("broadcast", ["all", "group"])
-@pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
-def test_celery_survives_a_platform_stop(tmp_path, redis_url, monkeypatch, broadcast, wrapped):
-    from redis import Redis
+    def __init__(self, tmp: Path, redis_url: str, timeout: int, broadcast: str, wrapped: bool, ready: Path) -> None:
+        import importlib
+        import os
 
-    queue = f"survival-{broadcast}-{int(wrapped)}"
-    module = f"survival_app_{broadcast}_{int(wrapped)}"  # one app per test: each is closed at its end
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    (tmp_path / f"{module}.py").write_text(textwrap.dedent(CELERY_APP))
-    env = clean_env(REDIS_URL=redis_url, PYTHONPATH=str(tmp_path), MARKS_DIR=str(marks), QUEUE=queue)
-    for key, value in (("REDIS_URL", redis_url), ("MARKS_DIR", str(marks)), ("QUEUE", queue)):
-        monkeypatch.setenv(key, value)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    args = ["--broadcast", broadcast, "--preset", "celery", *([] if wrapped else ["--no-wrap"]), "--",
-            str(BIN / "celery"), "-A", module, "worker", "--pool", "prefork", "-c", "2",
-            "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info", "-Q", queue]
-    proc = drill(tmp_path, args, env)
-    import importlib
+        from redis import Redis
 
-    survival_app = importlib.import_module(module)
-    redis = Redis.from_url(redis_url)
-    try:
-        short = survival_app.work.delay(SHORT)
-        long = survival_app.work.delay(LONG)
-        wait_for(lambda: all((marks / f"started-{t.id}").exists() for t in (short, long)), 60, "both tasks running")
-        (tmp_path / "ready.flag").touch()
-        result = finish(proc)
-        fates = {"short job": celery_fate(short.id, marks, redis, queue),
-                 "long job": celery_fate(long.id, marks, redis, queue)}
-    finally:
-        stop_drill(proc)
-        survival_app.app.close()
-        redis.delete(queue, "unacked", "unacked_index")
-        redis.close()
-    record("celery", broadcast, wrapped, fates, result)
-    if wrapped:
-        assert fates == {"short job": "completed", "long job": "requeued"}, result
-        assert result["platform_killed"] == [], result
-        (orphan,) = result["orphaned_jobs"]  # named in the report, although it went back
-        assert orphan["id"] == long.id and orphan["requeued"] is True and orphan["interrupted"] is True
-        assert result["survived"] is False  # a job did not fit: the drill says so
+        self.queue = f"survival-celery-{timeout}-{broadcast}-{int(wrapped)}"
+        module = f"survival_app_{timeout}_{broadcast}_{int(wrapped)}"  # one app per test: each is closed at its end
+        self.marks = tmp / "celery-marks"
+        self.marks.mkdir()
+        (tmp / f"{module}.py").write_text(textwrap.dedent(CELERY_APP))
+        variables = {"REDIS_URL": redis_url, "MARKS_DIR": str(self.marks), "QUEUE": self.queue}
+        env = clean_env(PYTHONPATH=str(tmp), **variables)
+        args = ["--broadcast", broadcast, "--preset", "celery", *([] if wrapped else ["--no-wrap"]), "--",
+                str(BIN / "celery"), "-A", module, "worker", "--pool", "prefork", "-c", "2",
+                "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info", "-Q", self.queue]
+        self.proc = drill(tmp, args, env, timeout=timeout, ready=ready, stderr=DRILL_STDERR)
+        saved = {key: os.environ.get(key) for key in variables}
+        os.environ.update(variables)  # read by the app's module, imported here to send the tasks
+        sys.path.insert(0, str(tmp))
+        try:
+            self.app_module = importlib.import_module(module)
+        finally:
+            sys.path.remove(str(tmp))
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        self.redis = Redis.from_url(redis_url)
+        self.lengths = {"short": SHORT_AT[timeout], "long": LONG}
+        self.sent: dict[str, Any] = {}
+
+    def send(self, which: str) -> None:
+        self.sent[which] = self.app_module.work.delay(self.lengths[which])
+
+    def running(self, which: str) -> bool:
+        return which not in self.sent or (self.marks / f"started-{self.sent[which].id}").exists()
+
+    @property
+    def short(self) -> Any:
+        return self.sent["short"]
+
+    @property
+    def long(self) -> Any:
+        return self.sent["long"]
+
+    def fate(self, task_id: str) -> str:
+        if (self.marks / f"done-{task_id}").exists():
+            return "completed"
+        if any(task_id.encode() in message for message in self.redis.lrange(self.queue, 0, -1)):
+            return "requeued"
+        if any(task_id.encode() in message for message in self.redis.hvals("unacked")):
+            return "unacked (back after the visibility timeout)"
+        return "lost"
+
+    def fates(self) -> dict[str, str]:
+        return {"short job": self.fate(self.short.id), "long job": self.fate(self.long.id)}
+
+    def long_id(self) -> str:
+        return self.long.id
+
+    def close(self) -> None:
+        stop_drill(self.proc)
+        self.app_module.app.close()
+        self.redis.delete(self.queue, "unacked", "unacked_index")  # one Celery worker per test at a time
+        self.redis.close()
 
 
 # -- RQ ---------------------------------------------------------------------------------------
@@ -157,43 +166,113 @@ def work(seconds):
 """
 
 
-def rq_fate(job) -> str:
-    status = job.get_status(refresh=True)
-    return {"finished": "completed", "queued": "requeued", "failed": "failed",
-            "started": "stuck as started"}.get(str(getattr(status, "value", status)), str(status))
+class RQRun:
+    """One RQ worker under a drill, running one job of `length` seconds."""
+
+    framework = "rq"
+
+    def __init__(self, tmp: Path, redis_url: str, timeout: int, broadcast: str, wrapped: bool, ready: Path,
+                 length: float) -> None:
+        from redis import Redis
+        from rq import Queue
+
+        self.label = "short job" if length != LONG else "long job"
+        queue_name = f"survival-rq-{timeout}-{broadcast}-{int(wrapped)}-{int(length * 10)}"
+        self.marks = tmp / f"rq-marks-{int(length * 10)}"
+        self.marks.mkdir()
+        (tmp / "survival_jobs.py").write_text(textwrap.dedent(RQ_JOBS))
+        env = clean_env(PYTHONPATH=str(tmp), MARKS_DIR=str(self.marks))
+        args = ["--broadcast", broadcast, "--preset", "rq", *([] if wrapped else ["--no-wrap"]), "--",
+                str(BIN / "rq"), "worker", "--url", redis_url, queue_name]
+        self.proc = drill(tmp, args, env, timeout=timeout, ready=ready, stderr=DRILL_STDERR)
+        self.redis = Redis.from_url(redis_url)
+        self.queue = Queue(queue_name, connection=self.redis)
+        self.which, self.length = ("long" if length == LONG else "short"), length
+        self.job: Any = None
+
+    def send(self, which: str) -> None:
+        if which == self.which:
+            self.job = self.queue.enqueue("survival_jobs.work", self.length, job_timeout=600)
+
+    def running(self, which: str) -> bool:
+        return which != self.which or (self.marks / f"started-{self.job.id}").exists()
+
+    def fates(self) -> dict[str, str]:
+        status = self.job.get_status(refresh=True)
+        fate = {"finished": "completed", "queued": "requeued", "failed": "failed",
+                "started": "stuck as started"}.get(str(getattr(status, "value", status)), str(status))
+        return {self.label: fate}
+
+    def long_id(self) -> str:
+        return self.job.id
+
+    def close(self) -> None:
+        stop_drill(self.proc)
+        self.redis.close()
 
 
-@pytest.mark.parametrize("length", [SHORT, LONG], ids=["short", "long"])
-@pytest.mark.parametrize("broadcast", ["all", "group"])
-@pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
-def test_rq_survives_a_platform_stop(tmp_path, redis_url, broadcast, wrapped, length):
-    from redis import Redis
-    from rq import Queue
+# -- the scenarios ----------------------------------------------------------------------------
 
-    queue_name = f"survival-{broadcast}-{int(wrapped)}-{int(length)}"
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    (tmp_path / "survival_jobs.py").write_text(textwrap.dedent(RQ_JOBS))
-    env = clean_env(PYTHONPATH=str(tmp_path), MARKS_DIR=str(marks))
-    args = ["--broadcast", broadcast, "--preset", "rq", *([] if wrapped else ["--no-wrap"]), "--",
-            str(BIN / "rq"), "worker", "--url", redis_url, queue_name]
-    proc = drill(tmp_path, args, env)
-    redis = Redis.from_url(redis_url)
+def run_together(tmp: Path, redis_url: str, timeout: int, broadcast: str, wrapped: bool
+                 ) -> list[tuple[CeleryRun | RQRun, dict, dict]]:
+    """Celery and both RQ workers started, stopped at the same moment, and judged."""
+    ready = tmp / "ready.flag"
+    runs: list[CeleryRun | RQRun] = []
     try:
-        job = Queue(queue_name, connection=redis).enqueue("survival_jobs.work", length, job_timeout=600)
-        wait_for(lambda: (marks / f"started-{job.id}").exists(), 60, "the job running")
-        (tmp_path / "ready.flag").touch()
-        result = finish(proc)
-        fate = rq_fate(job)
+        for make in (lambda d: CeleryRun(d, redis_url, timeout, broadcast, wrapped, ready),
+                     lambda d: RQRun(d, redis_url, timeout, broadcast, wrapped, ready, SHORT_AT[timeout]),
+                     lambda d: RQRun(d, redis_url, timeout, broadcast, wrapped, ready, LONG)):
+            workdir = tmp / f"run{len(runs)}"
+            workdir.mkdir()
+            runs.append(make(workdir))
+        # The long jobs first, then the short ones, and the stop at once: every
+        # short job is running at the stop with (nearly) all of its time ahead.
+        for which in ("long", "short"):
+            for run in runs:
+                run.send(which)
+            wait_for(lambda: all(run.running(which) for run in runs), 90, f"every {which} job running")
+        ready.touch()
+        outcomes = []
+        for run in runs:
+            result = finish(run.proc)
+            fates = run.fates()
+            record(run.framework, timeout, broadcast, wrapped, fates, result)
+            outcomes.append((run, fates, result))
+        return outcomes
     finally:
-        stop_drill(proc)
-        redis.close()
-    label = "short job" if length == SHORT else "long job"
-    record("rq", broadcast, wrapped, {label: fate}, result)
-    if wrapped:
-        assert fate == ("completed" if length == SHORT else "requeued"), result
-        assert result["platform_killed"] == [], result
-        if length == LONG:
-            (orphan,) = result["orphaned_jobs"]
-            assert orphan["id"] == job.id and orphan["requeued"] is True
-        assert result["survived"] is (length == SHORT)
+        for run in runs:
+            run.close()
+
+
+@pytest.mark.parametrize("broadcast", ["all", "group"])
+@pytest.mark.parametrize("timeout", [10, 8, 5], ids=["10s", "8s-compose", "5s-fly"])
+def test_jobs_survive_a_platform_stop_under_graceshell(tmp_path, redis_url, timeout, broadcast):
+    from graceshell.drill import render
+
+    for run, fates, result in run_together(tmp_path, redis_url, timeout, broadcast, wrapped=True):
+        picture = f"{run.framework}: {fates}\n{render(result, tty=False)}"  # what a failure shows
+        expected = {label: "completed" if label == "short job" else "requeued" for label in fates}
+        assert fates == expected, picture
+        assert result["platform_killed"] == [], picture
+        if run.framework == "rq":
+            # RQ's cold shutdown (0.15-1.6 s) fits its reserve (at least 2 s):
+            # the worker stopped on its own. Celery's (1.2-2.6 s, more on a busy
+            # machine) may meet graceshell's KILL, Fly's 2 s certainly can
+            # (`check` says so): recorded in the table, and its jobs must still
+            # be back in the queue by then (asserted above).
+            assert result["outcome"] != "killed", picture
+        if "long job" in fates:
+            (orphan,) = result["orphaned_jobs"]  # named in the report, although it went back
+            assert orphan["id"] == run.long_id() and orphan["requeued"] is True, picture
+            assert result["survived"] is False, picture  # a job did not fit: the drill says so
+            assert any(e["what"].endswith(" requeued") for e in result["timeline"]), picture
+        if "short job" in fates:  # it was running at the stop, and finished after it
+            assert any(e["what"].endswith(" finished") and e["t"] > 0 for e in result["timeline"]), picture
+        if "long job" not in fates:
+            assert result["orphaned_jobs"] == [] and result["survived"] is True, picture
+
+
+@pytest.mark.parametrize("broadcast", ["all", "group"])
+def test_bare_workers_through_the_same_stop(tmp_path, redis_url, broadcast):
+    """Recorded for the README's table, not asserted: this is what happens without graceshell."""
+    run_together(tmp_path, redis_url, 10, broadcast, wrapped=False)

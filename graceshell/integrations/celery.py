@@ -34,12 +34,14 @@ Outside graceshell nothing changes but a dictionary lookup per task.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import click
 from celery import signals
 
 from graceshell import jobs, shutdown
+from graceshell.logs import logger_from_environment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,6 +53,15 @@ _in_pool_process = False
 _celery_term_handler: Any = None
 _shield_installed = False
 _interrupted = False  # graceshell's cold shutdown reached this process mid-task
+_told_ignored = False  # the warm phase's ignored TERM is logged once per pool process
+_log: Any = None
+
+
+def _logger() -> Any:
+    global _log
+    if _log is None:
+        _log = logger_from_environment("celery")
+    return _log
 
 
 @signals.worker_process_init.connect(weak=False)
@@ -60,14 +71,22 @@ def _pool_process_started(**_: Any) -> None:
 
 
 def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
-    global _interrupted
+    global _interrupted, _told_ignored
     if not shutdown.escalated():
-        return  # the platform's broadcast: the warm shutdown lets this task finish
+        # The platform's broadcast: the warm shutdown lets this task finish.
+        if not _told_ignored:
+            _told_ignored = True
+            _logger().info("graceshell.celery.term_ignored", pid=os.getpid(), tasks=list(_running),
+                           reason="graceshell has not escalated: the warm shutdown goes on")
+        return
     # Celery's cold shutdown is cancelling the task in hand. Its ledger entry
     # stays, so the report names it; with acks_late the broker redelivers it.
     _interrupted = True
     for task_id, tracker in _running.items():
         jobs.update(task_id, interrupted=True, requeued=bool(tracker.extra.get("acks_late")))
+    _logger().warning("graceshell.celery.cold_shutdown", pid=os.getpid(),
+                      tasks=[{"id": task_id, "requeued": bool(tracker.extra.get("acks_late"))}
+                             for task_id, tracker in _running.items()])
     handler = _celery_term_handler
     if callable(handler):
         handler(signum, frame)

@@ -29,6 +29,7 @@ import signal
 from rq.worker import Worker as _RQWorker
 
 from graceshell import jobs, shutdown
+from graceshell.logs import logger_from_environment
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,6 +46,15 @@ def _ignore_until_escalated(signum: int, frame: FrameType | None) -> None:
 
 
 class Worker(_RQWorker):
+    _graceshell_log: Any = None
+
+    @property
+    def graceshell_log(self) -> Any:
+        """graceshell's own events, through structlog, beside RQ's logging."""
+        if self._graceshell_log is None:
+            self._graceshell_log = logger_from_environment("rq").bind(worker=self.name)
+        return self._graceshell_log
+
     def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
         with jobs.track(job.id, job.func_name, queue=queue.name):
             return super().perform_job(job, queue, *args, **kwargs)
@@ -58,12 +68,12 @@ class Worker(_RQWorker):
         if not shutdown.under_graceshell():
             return super().request_force_stop(signum, frame)
         if not shutdown.escalated():
-            self.log.info("Worker %s: %s ignored: graceshell has not escalated, the warm shutdown goes on",
-                          self.name, signal.Signals(signum).name)
+            self.graceshell_log.info("graceshell.rq.repeat_ignored", signal=signal.Signals(signum).name,
+                                     reason="graceshell has not escalated: the warm shutdown goes on")
             return None
-        self.log.warning("Worker %s: cold shut down (graceshell escalated): the job goes back to its queue",
-                         self.name)
         job = self.get_current_job()
+        self.graceshell_log.warning("graceshell.rq.cold_shutdown", job=job.id if job is not None else None,
+                                    action="requeue" if job is not None else "stop")
         if self.horse_pid:
             self.kill_horse()
             self.wait_for_horse()
@@ -83,5 +93,5 @@ class Worker(_RQWorker):
                   serializer=self.serializer).enqueue_job(job, at_front=True)
             jobs.update(job.id, requeued=True)
         except Exception as exc:  # noqa: BLE001 - the report must still be written
-            self.log.error("Worker %s: could not requeue job %s: %s", self.name, job.id, exc)
+            self.graceshell_log.error("graceshell.rq.requeue_failed", job=job.id, error=str(exc))
             jobs.update(job.id, requeued=False, requeue_error=str(exc))

@@ -1,0 +1,92 @@
+"""What the end-to-end survival tests share: the drill that plays the
+platform, how its verdict is read, and the table the runs make (printed by
+conftest's terminal summary, and copied into the README)."""
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+BIN = Path(sys.executable).parent
+PLATFORM = ["--platform", "heroku", "--platform-timeout", "10s"]  # budget 8s
+SHORT, LONG = 1.5, 60.0
+SURVIVAL: list[dict] = []
+
+
+def drill(tmp: Path, args: list[str], env: dict, *, timeout: float | None = None, ready: Path | None = None,
+          stderr: Any = subprocess.DEVNULL) -> subprocess.Popen:
+    """The drill on Heroku's model, with PLATFORM's timeout unless `timeout` is given; it stops
+    the worker once `ready` (default tmp/ready.flag) exists. `stderr`: the workers' output and
+    graceshell's log (a file to read them)."""
+    platform = PLATFORM if timeout is None else ["--platform", "heroku", "--platform-timeout", f"{timeout}s"]
+    return subprocess.Popen([sys.executable, "-m", "graceshell", "drill", *platform, "--json",
+                             "--when-ready", str(ready or tmp / "ready.flag"), *args],
+                            cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=stderr)
+
+
+def stop_drill(proc: subprocess.Popen) -> None:
+    """On a failure, the drill and every worker process under it: none may outlive the test."""
+    import psutil
+
+    if proc.poll() is not None:
+        return
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for each in procs:
+        try:
+            each.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=90)
+    return json.loads(out)
+
+
+def record(framework: str, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
+    SURVIVAL.append({"framework": framework, "broadcast": broadcast,
+                     "setup": "graceshell + preset" if wrapped else "bare", **fates,
+                     "platform_sigkill": bool(result["platform_killed"])})
+
+
+# framework -> what builds its scenarios: (tmp_path_factory, redis_url) ->
+# {key: a function that runs one stop and returns what its test checks}.
+SCENARIO_BUILDERS: dict[str, Callable[[Any, str], dict[Any, Callable[[], Any]]]] = {}
+
+
+def scenarios_of(framework: str) -> Callable:
+    """Register a test module's scenario builder; conftest's `framework_stops`
+    runs the scenarios of every selected framework at once."""
+    def register(build: Callable[[Any, str], dict[Any, Callable[[], Any]]]) -> Callable:
+        SCENARIO_BUILDERS[framework] = build
+        return build
+
+    return register
+
+
+def run_concurrently(scenarios: dict[Any, Callable[[], Any]]) -> dict[Any, Any]:
+    """Run every scenario at once (each mostly waits on a sleeping job or a
+    timeout), so a framework's stops cost the time of its slowest one.
+    Returns each one's value, or the exception it raised."""
+    def outcome(run: Callable[[], Any]) -> Any:
+        try:
+            return run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test that owns the scenario
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(scenarios)) as pool:
+        futures = {key: pool.submit(outcome, run) for key, run in scenarios.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def outcome_of(outcomes: dict[Any, Any], key: Any) -> Any:
+    value = outcomes[key]
+    if isinstance(value, BaseException):
+        raise value
+    return value

@@ -1,0 +1,178 @@
+"""The command line (click) and the logs (structlog), from the outside."""
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import clean_env
+
+GRACESHELL = [sys.executable, "-m", "graceshell"]
+
+
+def graceshell(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*GRACESHELL, *args], capture_output=True, text=True, cwd=cwd,
+                          env=env if env is not None else clean_env(), timeout=30)
+
+
+# -- usage errors ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["rnu"], "No such command 'rnu'"),
+    (["run", "--budget"], "'--budget' requires an argument"),
+    (["check", "--log-format", "xml"], "'xml' is not one of"),
+    (["drill", "--broadcast", "everyone", "--", "true"], "'everyone' is not one of"),
+    (["start", "--port", "eighty"], "'eighty' is not a valid integer"),
+    (["check", "--json", "a", "b"], "unexpected extra argument (b)"),
+    (["run", "--remap", "TERM", "--", "true"], "FROM:TO"),
+])
+def test_usage_errors_exit_2_in_one_line_naming_the_flag(tmp_path, args, needle):
+    proc = graceshell(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("graceshell: error: "), proc.stderr
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert "--help'" in proc.stderr  # where to look next
+
+
+def test_a_bad_environment_variable_is_a_usage_error(tmp_path):
+    proc = graceshell("check", cwd=tmp_path, env=clean_env(GRACESHELL_LOG_LEVEL="loud"))
+    assert proc.returncode == 2 and "'loud' is not one of" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_no_command_prints_the_help_and_exits_2():
+    proc = graceshell()
+    assert proc.returncode == 2
+    assert "Commands:" in proc.stderr and "run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_and_version():
+    assert graceshell("--version").stdout.startswith("graceshell ")
+    for command in ("run", "start", "check", "drill"):
+        proc = graceshell(command, "--help")
+        assert proc.returncode == 0 and "--budget" in proc.stdout and "--log-format" in proc.stdout
+    assert "graceshell run -- celery -A app worker" in graceshell("run", "--help").stdout  # examples kept as written
+
+
+# -- shell completion -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -o nosort -F"), ("zsh", "#compdef graceshell"),
+                                           ("fish", "complete --no-files --command graceshell")])
+def test_completion_scripts(shell, marker):
+    proc = graceshell(env=clean_env(_GRACESHELL_COMPLETE=f"{shell}_source"))
+    assert proc.returncode == 0 and marker in proc.stdout, proc.stdout
+
+
+def _complete(words: str, cwd: Path) -> list[str]:
+    env = clean_env(_GRACESHELL_COMPLETE="bash_complete", COMP_WORDS=words,
+                    COMP_CWORD=str(len(words.split()) - (0 if words.endswith(" ") else 1)))
+    proc = graceshell(cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return [line.split(",", 1)[1] for line in proc.stdout.splitlines() if "," in line]
+
+
+def test_completion_offers_presets_platforms_commands_and_process_types(tmp_path):
+    (tmp_path / "Procfile").write_text("worker: celery -A app worker\nweb: gunicorn app\nwatcher: sleep 1\n")
+    assert "celery" in _complete("graceshell run --preset ce", tmp_path)
+    assert _complete("graceshell check --platform he", tmp_path) == ["heroku"]
+    assert set(_complete("graceshell ", tmp_path)) >= {"run", "start", "check", "drill"}
+    assert _complete("graceshell check w", tmp_path) == ["worker", "web", "watcher"]
+    assert _complete("graceshell run wo", tmp_path) == ["worker"]
+    assert _complete("graceshell start web ", tmp_path) == ["worker", "web", "watcher"]
+
+
+# -- the three renderers --------------------------------------------------------------------------
+
+def _run_true(fmt: str) -> str:
+    proc = graceshell("run", "--platform", "none", "--log-format", fmt, "--", "true")
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_json_lines_have_the_documented_keys():
+    events = [json.loads(line) for line in _run_true("json").splitlines()]
+    assert [e["event"] for e in events] == ["graceshell.start", "graceshell.reap", "graceshell.exit"]
+    for event in events:
+        assert list(event)[:2] == ["event", "process"] and list(event)[-2:] == ["level", "timestamp"]
+        assert event["process"] == "true" and event["level"] == "info"
+        stamp = datetime.strptime(event["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert abs((stamp - datetime.now(timezone.utc).replace(tzinfo=None)).total_seconds()) < 600  # UTC
+    assert events[-1]["outcome"] == "exited" and events[-1]["killed"] == []
+
+
+def _logfmt(line: str) -> dict[str, str]:
+    import shlex
+
+    return dict(pair.partition("=")[::2] for pair in shlex.split(line))
+
+
+def test_logfmt_lines_parse_with_nested_values_as_json():
+    lines = [_logfmt(line) for line in _run_true("logfmt").splitlines()]
+    assert [line["event"] for line in lines] == ["graceshell.start", "graceshell.reap", "graceshell.exit"]
+    start = lines[0]
+    assert json.loads(start["command"]) == ["true"] and start["level"] == "info" and start["timestamp"].endswith("Z")
+    assert start["subreaper"] in ("true", "false")
+
+
+def test_console_is_plain_off_a_terminal_and_coloured_on_one():
+    plain = _run_true("console")
+    assert "graceshell.exit" in plain and "\033[" not in plain
+    # auto on a terminal: console with colour
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*GRACESHELL, "run", "--platform", "none", "--", "true"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=follower, env=clean_env())
+    os.close(follower)
+    out = b""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(10)
+    os.close(leader)
+    text = out.decode()
+    assert "graceshell.exit" in text and "\033[" in text and not text.lstrip().startswith("{")
+
+
+# -- start-up ---------------------------------------------------------------------------------------
+
+def test_a_stop_during_start_up_is_acted_on_once_the_loop_runs(tmp_path):
+    """The worker signals graceshell the moment it starts, while graceshell is
+    still importing its logging library: the stop waits in the wakeup pipe and
+    the worker gets its TERM."""
+    stamp, got = tmp_path / "sent", tmp_path / "got"
+    script = (f"trap 'echo TERM > {got}; exit 0' TERM; kill -TERM $PPID; date +%s.%N > {stamp}; "
+              "sleep 10 & wait")
+    proc = graceshell("run", "--platform", "none", "--log-format", "json", "--", "sh", "-c", script)
+    assert proc.returncode == 0, proc.stderr
+    assert got.read_text().strip() == "TERM"
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    names = [e["event"] for e in events]
+    assert names.index("graceshell.start") < names.index("graceshell.signal") < names.index("graceshell.exit")
+    start = datetime.strptime(events[0]["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    started_logging = (start - datetime(1970, 1, 1)).total_seconds()
+    assert float(stamp.read_text()) < started_logging  # the signal came before graceshell could log
+    report = events[-1]
+    assert report["stop_signal"] == "TERM" and report["outcome"] == "clean"
+
+
+def test_the_run_path_imports_click_and_structlog_after_the_spawn():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "graceshell", "run", "--platform", "none",
+                           "--", "true"], capture_output=True, text=True, env=clean_env(), timeout=30)
+    imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "click" in imported and "structlog" in imported
+    assert imported.index("click") < imported.index("structlog")

@@ -1,0 +1,360 @@
+"""Real Ruby workers through a real platform stop: Sidekiq on redis-server and
+delayed_job on SQLite, with Debian's packages (tools/install-test-deps).
+
+Like test_survival.py, each scenario is a `graceshell drill` with a short
+job that fits in the warm phase and a long one that does not, bare and
+under graceshell with the framework's preset (whose Ruby file, loaded
+through RUBYOPT, is the whole integration: the workers here are plain
+Sidekiq and delayed_job). Under graceshell the goal must hold; bare runs
+are recorded for the README's table, not asserted.
+
+A drill takes as long as the platform's timeout, so every selected scenario
+of this module starts at once, at the first test that needs one; each test
+then waits for its own.
+"""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import clean_env, wait_for
+from survival_helpers import SURVIVAL, stop_drill
+
+SHORT, LONG = 3.0, 60.0
+READY_TIMEOUT = 120.0  # Ruby boots slowly when every scenario starts at once on a busy machine
+
+
+def ruby_missing() -> str | None:
+    """What is missing to run the Ruby workers, or None."""
+    if shutil.which("ruby") is None or shutil.which("sidekiq") is None:
+        return "ruby and sidekiq"
+    probe = subprocess.run(["ruby", "-e", 'require "sidekiq"; require "delayed_job_active_record"; require "sqlite3"'],
+                           capture_output=True)
+    return "Ruby libraries (sidekiq, delayed_job_active_record, sqlite3)" if probe.returncode else None
+
+
+@pytest.fixture(scope="module")
+def ruby_ready() -> None:
+    missing = ruby_missing()
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing} missing: .ci/run installs them (tools/install-test-deps)")
+    pytest.skip(f"{missing} not installed (bash tools/install-test-deps)")
+
+
+class Scenario:
+    """One drill: a framework, the platform's timeout and stop model, bare or not."""
+
+    def __init__(self, framework: str, timeout: int, broadcast: str, wrapped: bool, variant: str = "") -> None:
+        self.framework, self.timeout, self.broadcast, self.wrapped, self.variant = \
+            framework, timeout, broadcast, wrapped, variant
+
+    @property
+    def key(self) -> tuple:
+        return self.framework, self.timeout, self.broadcast, self.wrapped, self.variant
+
+    def drill(self, workdir: Path, argv: list[str], env: dict) -> subprocess.Popen:
+        args = ["--platform", "heroku", "--platform-timeout", f"{self.timeout}s", "--json",
+                "--when-ready", str(workdir / "ready.flag"), "--broadcast", self.broadcast,
+                "--preset", self.framework, *([] if self.wrapped else ["--no-wrap"]), "--", *argv]
+        with open(workdir / "drill.stderr", "wb") as err:
+            return subprocess.Popen([sys.executable, "-m", "graceshell", "drill", *args], cwd=workdir, env=env,
+                                    stdout=subprocess.PIPE, stderr=err)
+
+
+def ruby_env(**extra: str) -> dict:
+    """The test's environment without a RUBYOPT of its own, which would replace the preset's."""
+    env = clean_env(**extra)
+    env.pop("RUBYOPT", None)
+    return env
+
+
+def finish(proc: subprocess.Popen, workdir: Path) -> dict:
+    out, _ = proc.communicate(timeout=120)
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise AssertionError(f"no verdict from the drill: {(workdir / 'drill.stderr').read_text()[-3000:]}") from None
+
+
+def started(proc: subprocess.Popen, marks: list[Path], workdir: Path) -> None:
+    """Wait until every job has written its start mark; the drill must not end first."""
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the worker ended before its jobs started: "
+                                 f"{(workdir / 'drill.stderr').read_text()[-3000:]}")
+        return all(mark.exists() for mark in marks)
+
+    wait_for(ready, READY_TIMEOUT, "the jobs running")
+    (workdir / "ready.flag").touch()
+
+
+# -- Sidekiq ------------------------------------------------------------------------------------
+
+SIDEKIQ_JOBS = """
+require "sidekiq"
+
+# A plain Sidekiq job: nothing in it knows about graceshell.
+class SleepJob
+  include Sidekiq::Worker
+  sidekiq_options retry: false
+
+  def perform(seconds)
+    File.write(File.join(ENV.fetch("MARKS_DIR"), "started-#{jid}"), "")
+    sleep seconds
+    File.write(File.join(ENV.fetch("MARKS_DIR"), "done-#{jid}"), "")
+  end
+end
+"""
+
+
+def sidekiq_enqueue(redis, queue: str, seconds: float) -> str:
+    """What Sidekiq::Client#push writes (lib/sidekiq/client.rb), without a Ruby start-up."""
+    jid = uuid.uuid4().hex[:24]
+    now = time.time()
+    job = {"class": "SleepJob", "args": [seconds], "jid": jid, "queue": queue, "retry": False,
+           "created_at": now, "enqueued_at": now}
+    redis.sadd("queues", queue)
+    redis.lpush(f"queue:{queue}", json.dumps(job))
+    return jid
+
+
+def sidekiq_fate(jid: str, marks: Path, redis, queue: str) -> str:
+    if (marks / f"done-{jid}").exists():
+        return "completed"
+    if any(jid.encode() in job for job in redis.lrange(f"queue:{queue}", 0, -1)):
+        return "requeued"
+    return "lost"
+
+
+def run_sidekiq(scenario: Scenario, workdir: Path, redis_url: str) -> dict:
+    from redis import Redis
+
+    marks = workdir / "marks"
+    marks.mkdir(parents=True)
+    (workdir / "jobs.rb").write_text(textwrap.dedent(SIDEKIQ_JOBS))
+    queue = f"survival-{workdir.name}"
+    redis = Redis.from_url(redis_url)
+    try:
+        short, long = sidekiq_enqueue(redis, queue, SHORT), sidekiq_enqueue(redis, queue, LONG)
+        env = ruby_env(REDIS_URL=redis_url, MARKS_DIR=str(marks))
+        # Sidekiq's defaults (-t 25): the user changes nothing for graceshell;
+        # or a -t of the user's own, which the integration keeps.
+        options = ["-t", scenario.variant.removeprefix("-t")] if scenario.variant else []
+        proc = scenario.drill(workdir, ["sidekiq", "-r", str(workdir / "jobs.rb"), "-c", "2", "-q", queue, *options],
+                              env)
+        try:
+            started(proc, [marks / f"started-{short}", marks / f"started-{long}"], workdir)
+            result = finish(proc, workdir)
+        finally:
+            stop_drill(proc)
+        fates = {"short job": sidekiq_fate(short, marks, redis, queue),
+                 "long job": sidekiq_fate(long, marks, redis, queue)}
+        redis.delete(f"queue:{queue}")
+        redis.srem("queues", queue)
+    finally:
+        redis.close()
+    return {"fates": fates, "result": result, "long": long}
+
+
+# -- delayed_job --------------------------------------------------------------------------------
+
+DELAYED_JOB_WORKER = """
+require "active_record"
+require "delayed_job"
+require "delayed_job_active_record"
+
+# delayed_job's Active Record backend on SQLite, no Rails: the table of its
+# generator, one job, and a plain worker that knows nothing of graceshell.
+ActiveRecord::Base.establish_connection(adapter: "sqlite3", database: ENV.fetch("DJ_DATABASE"))
+ActiveRecord::Migration.verbose = false
+ActiveRecord::Schema.define do
+  create_table :delayed_jobs, if_not_exists: true do |t|
+    t.integer :priority, default: 0, null: false
+    t.integer :attempts, default: 0, null: false
+    t.text :handler, null: false
+    t.text :last_error
+    t.datetime :run_at
+    t.datetime :locked_at
+    t.datetime :failed_at
+    t.string :locked_by
+    t.string :queue
+    t.timestamps null: true
+  end
+end
+
+SleepJob = Struct.new(:seconds) do
+  def perform
+    File.write(File.join(ENV.fetch("MARKS_DIR"), "started"), "")
+    sleep seconds
+    File.write(File.join(ENV.fetch("MARKS_DIR"), "done"), "")
+  end
+end
+
+Delayed::Worker.raise_signal_exceptions = :term if ENV["DJ_RAISE_ON_TERM"]
+Delayed::Worker.logger = Logger.new($stderr)
+Delayed::Job.enqueue(SleepJob.new(Float(ENV.fetch("JOB_SECONDS")))) if Delayed::Job.count.zero?
+Delayed::Worker.new.start
+"""
+
+
+def delayed_job_fate(database: Path, marks: Path) -> str:
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT locked_by, attempts, failed_at FROM delayed_jobs").fetchall()
+    if not rows:
+        return "completed" if (marks / "done").exists() else "lost"
+    ((locked_by, attempts, failed_at),) = rows
+    if locked_by:
+        return "locked (until max_run_time)"
+    if failed_at:
+        return "failed"
+    return "rescheduled, unlocked" if attempts else "waiting, unlocked"
+
+
+def run_delayed_job(scenario: Scenario, workdir: Path, seconds: float, raise_on_term: bool) -> dict:
+    marks = workdir / "marks"
+    marks.mkdir(parents=True)
+    (workdir / "worker.rb").write_text(textwrap.dedent(DELAYED_JOB_WORKER))
+    database = workdir / "jobs.sqlite3"
+    env = ruby_env(DJ_DATABASE=str(database), MARKS_DIR=str(marks), JOB_SECONDS=str(seconds))
+    if raise_on_term:
+        env["DJ_RAISE_ON_TERM"] = "1"
+    proc = scenario.drill(workdir, ["ruby", str(workdir / "worker.rb")], env)
+    try:
+        started(proc, [marks / "started"], workdir)
+        result = finish(proc, workdir)
+    finally:
+        stop_drill(proc)
+    label = "short job" if seconds == SHORT else "long job"
+    return {"fates": {label: delayed_job_fate(database, marks)}, "result": result}
+
+
+# -- all scenarios at once ------------------------------------------------------------------------
+
+SIDEKIQ_PARAMS = [(timeout, broadcast, wrapped) for timeout in (10, 30) for broadcast in ("all", "group")
+                  for wrapped in (True, False)]
+DELAYED_JOB_PARAMS = [(length, broadcast, wrapped) for length in ("short", "long") for broadcast in ("all", "group")
+                      for wrapped in (True, False)]
+RAISE_ON_TERM_PARAMS = [(length, wrapped) for length in ("short", "long") for wrapped in (True, False)]
+
+
+def scenario_of(item: pytest.Item) -> Scenario | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    name = item.originalname if hasattr(item, "originalname") else item.name
+    if name == "test_sidekiq_survives_a_platform_stop":
+        return Scenario("sidekiq", params["timeout"], params["broadcast"], params["wrapped"])
+    if name == "test_sidekiq_with_a_timeout_too_long_requeues_at_the_cold_step":
+        return Scenario("sidekiq", 10, "all", True, "-t25")
+    if name == "test_delayed_job_survives_a_platform_stop":
+        return Scenario("delayed_job", 10, params["broadcast"], params["wrapped"], params["length"])
+    if name == "test_delayed_job_raise_signal_exceptions_survives_a_platform_stop":
+        return Scenario("delayed_job", 10, "all", params["wrapped"], params["length"] + "+term")
+    return None
+
+
+@pytest.fixture(scope="module")
+def ruby_drills(request, ruby_ready, redis_url, tmp_path_factory):
+    """Every selected scenario of this module, started at once: key -> Future."""
+    chosen = [s for s in map(scenario_of, request.session.items) if s is not None]
+    pool = ThreadPoolExecutor(max_workers=max(1, len(chosen)))
+    futures: dict[tuple, Future] = {}
+    for index, scenario in enumerate(chosen):
+        workdir = tmp_path_factory.mktemp(f"{scenario.framework}-{index}")
+        if scenario.framework == "sidekiq":
+            futures[scenario.key] = pool.submit(run_sidekiq, scenario, workdir, redis_url)
+        else:
+            length, _, term = scenario.variant.partition("+")
+            futures[scenario.key] = pool.submit(run_delayed_job, scenario, workdir,
+                                                SHORT if length == "short" else LONG, bool(term))
+    yield futures
+    pool.shutdown(wait=True)
+
+
+def outcome(drills: dict, scenario: Scenario, label: str) -> tuple[dict, dict]:
+    run = drills[scenario.key].result()
+    result = run["result"]
+    SURVIVAL.append({"framework": label, "broadcast": scenario.broadcast,
+                     "setup": "graceshell + preset" if scenario.wrapped else "bare", **run["fates"],
+                     "platform_sigkill": bool(result["platform_killed"])})
+    return run, result
+
+
+def assert_stopped_by_itself(result: dict) -> None:
+    """The worker was gone before graceshell's KILL: the requeue was by design, not won in a race."""
+    assert result["platform_killed"] == [], result
+    assert result["graceshell_killed"] == [], result
+    assert result["outcome"] != "killed" and result["exit_code"] == 0, result
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
+@pytest.mark.parametrize("broadcast", ["all", "group"])
+@pytest.mark.parametrize("timeout", [10, 30], ids=["10s", "30s"])
+def test_sidekiq_survives_a_platform_stop(ruby_drills, timeout, broadcast, wrapped):
+    scenario = Scenario("sidekiq", timeout, broadcast, wrapped)
+    run, result = outcome(ruby_drills, scenario, f"sidekiq ({timeout} s)")
+    if wrapped:
+        assert run["fates"] == {"short job": "completed", "long job": "requeued"}, result
+        assert_stopped_by_itself(result)
+        assert_sidekiq_long_job_reported(run, result)
+
+
+def assert_sidekiq_long_job_reported(run: dict, result: dict) -> None:
+    (orphan,) = result["orphaned_jobs"]
+    assert orphan["id"] == run["long"] and orphan["name"] == "SleepJob" and orphan["framework"] == "sidekiq", orphan
+    assert orphan["requeued"] is True and orphan["interrupted"] is True, orphan
+    assert result["survived"] is False  # a job did not fit: the drill says so
+
+
+def test_sidekiq_with_a_timeout_too_long_requeues_at_the_cold_step(ruby_drills):
+    """A -t 25 of the user's own is kept (and `check` warns about it), yet the
+    jobs go back to Redis at graceshell's cold step, before its KILL at 8 s."""
+    run, result = outcome(ruby_drills, Scenario("sidekiq", 10, "all", True, "-t25"), "sidekiq (10 s, -t 25)")
+    assert run["fates"] == {"short job": "completed", "long job": "requeued"}, result
+    assert_stopped_by_itself(result)
+    assert result["outcome"] == "escalated", result  # the cold step, not Sidekiq's own timeout
+    assert_sidekiq_long_job_reported(run, result)
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
+@pytest.mark.parametrize("broadcast", ["all", "group"])
+@pytest.mark.parametrize("length", ["short", "long"])
+def test_delayed_job_survives_a_platform_stop(ruby_drills, length, broadcast, wrapped):
+    scenario = Scenario("delayed_job", 10, broadcast, wrapped, length)
+    run, result = outcome(ruby_drills, scenario, "delayed_job")
+    if wrapped:
+        assert_delayed_job_goal(run, result, length)
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
+@pytest.mark.parametrize("length", ["short", "long"])
+def test_delayed_job_raise_signal_exceptions_survives_a_platform_stop(ruby_drills, length, wrapped):
+    """With raise_signal_exceptions = :term the platform's own TERM aborts a job
+    bare; under graceshell it must not, the warm phase stays warm."""
+    scenario = Scenario("delayed_job", 10, "all", wrapped, length + "+term")
+    run, result = outcome(ruby_drills, scenario, "delayed_job (raise_signal_exceptions = :term)")
+    if wrapped:
+        assert_delayed_job_goal(run, result, length)
+
+
+def assert_delayed_job_goal(run: dict, result: dict, length: str) -> None:
+    assert_stopped_by_itself(result)
+    if length == "short":
+        assert run["fates"] == {"short job": "completed"}, result
+        assert result["orphaned_jobs"] == [] and result["survived"] is True, result
+    else:
+        assert run["fates"] == {"long job": "rescheduled, unlocked"}, result
+        (orphan,) = result["orphaned_jobs"]
+        assert orphan["name"] == "SleepJob" and orphan["framework"] == "delayed_job", orphan
+        assert orphan["requeued"] is True and orphan["interrupted"] is True, orphan
+        assert result["survived"] is False
