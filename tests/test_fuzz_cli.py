@@ -41,7 +41,7 @@ def _lay_out(directory: Path, files: dict[str, bytes | None]) -> None:
             path.write_bytes(data)
 
 
-@examples(20)
+@examples(12)
 @given(config=mutated(EXAMPLE_CONFIG, YAML_SNIPPETS) | st.just(EXAMPLE_CONFIG.encode()),
        procfile=mutated(EXAMPLE_PROCFILE, ["\0", "graceshell run --budget 1s --", "--preset", "x:", "'"])
        | st.just(EXAMPLE_PROCFILE.encode()),
@@ -58,7 +58,7 @@ def test_check_mutated_examples(scratch: Path, config: bytes, procfile: bytes, d
     assert_clean_outcome(graceshell(args, scratch, clean_env()))
 
 
-@examples(12)
+@examples(8)
 @given(config=mutated(EXAMPLE_CONFIG, YAML_SNIPPETS) | st.just(EXAMPLE_CONFIG.encode()),
        dotenv=st.none() | mutated(DOTENV, ["\0", "'", '"', "export "]))
 @example(config=EXAMPLE_CONFIG.replace('"1"', '"1\\0"').encode(), dotenv=None)
@@ -77,7 +77,7 @@ SAFE_WORDS = st.text(alphabet=st.sampled_from(list("az09 -=_.,:'\"\\$#@%+/\t\0\x
                      max_size=20)
 
 
-@examples(15)
+@examples(8)
 @given(arguments=SAFE_WORDS, wrapped=st.booleans(), flags=st.lists(
     st.sampled_from(["--budget 1s", "--preset celery", "--preset nope", "--ladder TERM@0s", "--ladder x",
                      "--remap INT:TERM", "--remap x", "--linger 0", "--stop-signals TERM,INT", "--bogus",
@@ -147,7 +147,7 @@ environments = st.dictionaries(st.sampled_from(sorted(ENVIRONMENT)), st.sampled_
     lambda chosen: st.fixed_dictionaries({name: st.sampled_from(ENVIRONMENT[name]) | flag_value for name in chosen}))
 
 
-@examples(25)
+@examples(15)
 @given(command=st.sampled_from(["check", "run"]), flags=flag_lists(), environment=environments,
        process_type=st.none() | st.sampled_from(["worker", "nosuch", "-x", "a b"]))
 @example(command="run", flags=["--budget=" + "9" * 5000], environment={}, process_type=None)
@@ -197,7 +197,7 @@ junk = st.one_of(
 junk_names = st.sampled_from([b"a.json", b"b.json", b"\xff.json", b"new\nline.json", b".tmp.json"]).map(bytes.hex)
 
 
-@examples(8)
+@examples(5)
 @given(files=st.dictionaries(junk_names, junk, min_size=1, max_size=4))
 def test_ledger_junk_at_exit(scratch: Path, files: dict[str, str]) -> None:
     """A worker that leaves junk in the ledger: graceshell exits with the worker's 0 and a report

@@ -63,7 +63,7 @@ def _check_config(path: Path) -> None:
 
 # -- graceshell.yml -----------------------------------------------------------------------------
 
-@examples(120)
+@examples(80)
 @given(document=yaml_text())
 def test_config_documents(scratch: Path, document: bytes) -> None:
     count("graceshell.yml: schema documents, mutated")
@@ -72,7 +72,7 @@ def test_config_documents(scratch: Path, document: bytes) -> None:
     _check_config(path)
 
 
-@examples(200)
+@examples(120)
 @given(document=mutated(EXAMPLE_CONFIG, YAML_SNIPPETS))
 @example(document=EXAMPLE_CONFIG.replace("auto", "auto\0").encode())
 @example(document=EXAMPLE_CONFIG.replace("20s", "9" * 5000).replace("0s", "9" * 5000).encode())
@@ -144,7 +144,7 @@ def _check_procfile(text: str) -> None:
         assert argv and argv[0] and all("\0" not in word for word in argv), argv
 
 
-@examples(200)
+@examples(150)
 @given(text=mutated(EXAMPLE_PROCFILE, ["\0", "graceshell run --", "worker:", ": x", "'", '"', "$PORT", "exec "]))
 @example(text=b"worker: echo a\0b\n")
 @example(text=b"worker: \t \n")
@@ -157,7 +157,7 @@ def test_mutated_procfile(text: bytes) -> None:
     _check_procfile(decoded)
 
 
-@examples(120)
+@examples(80)
 @given(text=st.lists(st.builds(lambda name, sep, command: f"{name}{sep}{command}",
                                st.sampled_from(["worker", "web", "w-1", "bad name", "", "#x", "x!"]) | nasty_text(8),
                                st.sampled_from([":", ": ", ":\t", "", " : "]),
@@ -178,7 +178,7 @@ def _check_dotenv(text: str) -> None:
         os.environ.copy()[name] = value  # what `run` does with it: must not raise
 
 
-@examples(120)
+@examples(100)
 @given(text=st.lists(st.builds(lambda export, name, sep, value: f"{export}{name}{sep}{value}",
                                st.sampled_from(["", "export ", "export\t", "EXPORT "]),
                                st.sampled_from(["A", "PATH_X", "_", "1B", "a b", "", "É"]) | nasty_text(6),
@@ -215,7 +215,7 @@ anything = st.one_of(st.text(), nasty_text(), st.sampled_from(DURATIONS + SIGNAL
                      st.booleans(), st.none(), st.lists(st.integers(), max_size=2))
 
 
-@examples(500)
+@examples(300)
 @given(value=anything)
 @example(value=10**5000)
 @example(value="9" * 5000)
@@ -230,7 +230,7 @@ def test_durations(value: object) -> None:
     format_duration(seconds)
 
 
-@examples(500)
+@examples(300)
 @given(value=anything)
 @example(value="RTMIN+" + "9" * 5000)
 def test_signals(value: object) -> None:
@@ -248,7 +248,7 @@ ladder_specs = st.lists(st.builds(lambda sig, sep, at: f"{sig}{sep}{at}", st.sam
                         max_size=5).map(",".join) | nasty_text()
 
 
-@examples(200)
+@examples(150)
 @given(spec=ladder_specs, budget=st.sampled_from([0.0, 0.001, 5.0, 25.0, MAX_DURATION]))
 def test_ladder_specs(spec: str, budget: float) -> None:
     count("ladder specs")
@@ -264,7 +264,7 @@ def test_ladder_specs(spec: str, budget: float) -> None:
     assert ladder[-1].signal == signal.SIGKILL and all(0 <= step.at <= budget for step in ladder)
 
 
-@examples(200)
+@examples(120)
 @given(pair=st.builds(lambda a, sep, b: f"{a}{sep}{b}", st.sampled_from(SIGNALS) | nasty_text(6),
                       st.sampled_from([":", "::", "", " : "]), st.sampled_from(SIGNALS) | nasty_text(6)))
 def test_remap_pairs(pair: str) -> None:

@@ -110,7 +110,7 @@ def environment() -> dict[str, str]:
 
 # -- the shutdown notice, inside the worker ----------------------------------------------------------
 
-@examples(300)
+@examples(150)
 @given(kind=contents | st.sampled_from(SPECIAL))
 @example(kind="/dev/zero")
 @example(kind="fifo")
@@ -144,7 +144,7 @@ names = st.sampled_from(["a.json", "b.json", "1-x.json", "job.json", ".hidden.js
                              lambda n: n + ".json")
 
 
-@examples(150)
+@examples(80)
 @given(files=st.dictionaries(names, contents | st.sampled_from(SPECIAL), max_size=5))
 def test_ledger_entries(scratch: Path, files: dict[str, str | bytes]) -> None:
     count("ledger entries at exit")
@@ -183,7 +183,7 @@ extras = st.dictionaries(
     max_size=3)
 
 
-@examples(200)
+@examples(100)
 @given(job_id=st.text(max_size=30) | st.sampled_from(["..", "/etc/passwd", "a/b", "\0", "." * 300]),
        name=st.none() | st.text(max_size=10), extra=extras,
        update=st.dictionaries(st.sampled_from(["requeued", "note"]), json_values | st.builds(_cyclic), max_size=2),
