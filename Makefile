@@ -18,7 +18,7 @@ $(ARQ_VENV)/.installed: pyproject.toml
 	$(ARQ_VENV)/bin/pip install --quiet --editable '.[arq]' --config-settings editable_mode=compat
 	touch $@
 
-.PHONY: demo test bench
+.PHONY: demo test bench fuzz
 demo: $(VENV)/.installed
 	bash examples/demo.sh
 
@@ -30,3 +30,8 @@ test: $(VENV)/.installed $(ARQ_VENV)/.installed
 bench: $(VENV)/.installed
 	bash tools/install-test-deps
 	$(VENV)/bin/python benchmarks/run.py --json benchmarks/results.json
+
+# The fuzz tests with 40 times the examples of the suite's derandomized run,
+# on new random inputs each time (about half an hour).
+fuzz: $(VENV)/.installed
+	GRACESHELL_FUZZ=long $(VENV)/bin/python -m pytest tests/test_fuzz_parsers.py tests/test_fuzz_readers.py tests/test_fuzz_cli.py -q

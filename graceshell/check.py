@@ -174,7 +174,7 @@ def warnings(plan: RunPlan) -> list[str]:
                 and offsets[index] > 0:
             found.append(f"ladder steps {index} and {index + 1} fire together at {format_duration(offsets[index])}: "
                          "the budget is too short for the warm phase between them")
-    if plan.ladder[-1].at - plan.ladder[-2].at < 1.0 and len(plan.ladder) > 2:
+    if len(plan.ladder) > 2 and plan.ladder[-1].at - plan.ladder[-2].at < 1.0:  # `KILL@0s` is all one step
         found.append(f"only {format_duration(plan.ladder[-1].at - plan.ladder[-2].at)} between the last step "
                      "and the final KILL")
     if plan.platform.broadcast == BROADCAST_ALL:

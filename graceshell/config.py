@@ -13,7 +13,7 @@ already typed.
 from __future__ import annotations
 
 from graceshell.durations import parse_duration
-from graceshell.errors import UsageError, read_user_file
+from graceshell.errors import MAX_SHOWN, UsageError, one_line, read_user_file, shown
 from graceshell.ladder import LadderError, StepSpec, parse_ladder_spec, resolve_offset
 from graceshell.logs import FORMATS, LEVELS
 from graceshell.platforms import PLATFORMS
@@ -46,26 +46,97 @@ class ConfigFile:
 
 # -- reading YAML with positions ------------------------------------------------------
 
-def _index_lines(node: Any, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], file: str) -> None:
-    """Record the line of every key and list item; reject duplicate keys."""
+# graceshell.yml needs five levels (processes.worker.ladder[0].at); the bounds
+# keep a mistaken or hostile file from exhausting the stack, memory or time.
+MAX_DEPTH = 32
+MAX_NUMBER_TEXT = 30  # characters of an integer: int() refuses 4300 digits with a traceback
+MAX_MERGED_KEYS = 10_000  # merge keys (<<) of merge keys grow a mapping exponentially
+
+
+def _loader_class() -> type:
+    """pyyaml's SafeLoader with bounds, and errors that all carry a line."""
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            # pyyaml composes recursively, one Python frame per level or more.
+            self.depth += 1
+            try:
+                if self.depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                                      self.peek_event().start_mark)
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep)
+            except yaml.YAMLError:
+                raise
+            except RecursionError:
+                raise ConstructorError(None, None, "nested too deeply", node.start_mark) from None
+            except Exception as exc:  # noqa: BLE001 - e.g. `!!bool maybe` (KeyError), `0000-01-01` (ValueError)
+                reason = f": {exc}" if isinstance(exc, ValueError) else ""
+                raise ConstructorError(None, None, f"cannot read {_tag(node.tag)} {shown(node.value)}{reason}",
+                                       node.start_mark) from None
+
+        def construct_yaml_int(self, node: Any) -> int:
+            if isinstance(node.value, str) and len(node.value) > MAX_NUMBER_TEXT:
+                raise ConstructorError(None, None, f"number {shown(node.value, 40)} is too large",
+                                       node.start_mark)
+            return super().construct_yaml_int(node)
+
+        def flatten_mapping(self, node: Any) -> None:
+            super().flatten_mapping(node)
+            if len(node.value) > MAX_MERGED_KEYS:
+                raise ConstructorError(None, None, f"more than {MAX_MERGED_KEYS} keys after merging (<<)",
+                                       node.start_mark)
+
+    BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
+    return BoundedLoader
+
+
+def _tag(tag: str) -> str:
+    return "!!" + tag.rpartition(":")[2] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+def _index_lines(loader: Any, node: Any, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int], file: str,
+                 seen_nodes: set[int]) -> None:
+    """Record the line of every key and list item; reject duplicate keys.
+
+    A node reached again through an alias (&anchor, *alias) is not walked
+    again: aliases of aliases would otherwise make the walk exponential.
+    """
     import yaml
 
     lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
-            key = key_node.value
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys given beside it override the merged ones, as YAML says
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(f"{file}:{key_node.start_mark.line + 1}: {_show_path(path)}: a key must be a "
+                                  "plain word, not a list or mapping")
+            key = "=" if key_node.tag == "tag:yaml.org,2002:value" else loader.construct_object(key_node)
             if key in seen:
-                shown = _show_path(path + (key,))
-                raise ConfigError(f"{file}:{key_node.start_mark.line + 1}: {shown}: duplicate key "
+                shown_path = _show_path(path + (key,))
+                raise ConfigError(f"{file}:{key_node.start_mark.line + 1}: {shown_path}: duplicate key "
                                   "(YAML would silently keep only the last one)")
             seen.add(key)
             lines[path + (key,)] = key_node.start_mark.line + 1
-            _index_lines(value_node, path + (key,), lines, file)
+            _index_lines(loader, value_node, path + (key,), lines, file, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[path + (index,)] = item.start_mark.line + 1
-            _index_lines(item, path + (index,), lines, file)
+            _index_lines(loader, item, path + (index,), lines, file, seen_nodes)
 
 
 def read_yaml(path: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
@@ -73,30 +144,44 @@ def read_yaml(path: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
     import yaml
 
     text = read_user_file(path, "config file not found", ConfigError)
-    loader = yaml.SafeLoader(text)
+    name = one_line(path)
+    loader = None
     try:
+        loader = _loader_class()(text)  # checks every character first: ReaderError
         node = loader.get_single_node()
         if node is None:
             return {}, {}
         lines: dict[tuple[Any, ...], int] = {}
-        _index_lines(node, (), lines, path)
+        _index_lines(loader, node, (), lines, path, set())
         return loader.construct_document(node), lines
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1
+        raise ConfigError(f"{name}:{line}: control character {chr(exc.character)!r} is not allowed in YAML; "
+                          "remove it (is this a text file?)") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         reason = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"{path}{line}: invalid YAML: {reason}") from None
+        raise ConfigError(f"{name}{line}: invalid YAML: {reason}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{name}: invalid YAML: {exc}") from None
+    except RecursionError:  # a bound above should have caught it first; never a traceback
+        raise ConfigError(f"{name}: invalid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _show_path(path: tuple[Any, ...]) -> str:
-    shown = ""
+    text = ""
     for part in path:
-        shown += f"[{part}]" if isinstance(part, int) else (f".{part}" if shown else str(part))
-    return shown or "(top level)"
+        if isinstance(part, int) and not isinstance(part, bool):
+            text += f"[{part}]"
+        else:  # a key as written; a strange one (a newline, a long paste) as its repr
+            word = str(part)
+            word = word if word.isprintable() and len(word) <= MAX_SHOWN else shown(part, 40)
+            text += f".{word}" if text else word
+    return text or "(top level)"
 
 
 # -- the schema ----------------------------------------------------------------------------
@@ -142,12 +227,14 @@ class _Checker:
     def string(self, value: Any, path: tuple[Any, ...]) -> str:
         if not isinstance(value, str) or not value.strip():
             raise self.fail(path, f"expected a non-empty string, got {_kind(value)}")
+        if "\0" in value:
+            raise self.fail(path, "a NUL character (\\0) cannot be part of a command; remove it")
         return value
 
     def choice(self, choices: tuple[str, ...] | list[str]) -> Callable[[Any, tuple[Any, ...]], str]:
         def check(value: Any, path: tuple[Any, ...]) -> str:
-            if value not in choices:
-                raise self.fail(path, f"{value!r} is not one of {', '.join(choices)}")
+            if not isinstance(value, str) or value not in choices:
+                raise self.fail(path, f"{shown(value)} is not one of {', '.join(choices)}")
             return str(value)
         return check
 
@@ -157,8 +244,8 @@ class _Checker:
     def preset(self, value: Any, path: tuple[Any, ...]) -> str:
         from graceshell.presets import PRESETS
 
-        if value not in PRESETS:
-            raise self.fail(path, f"unknown preset {value!r} (known: {', '.join(PRESETS)})")
+        if not isinstance(value, str) or value not in PRESETS:
+            raise self.fail(path, f"unknown preset {shown(value)} (known: {', '.join(PRESETS)})")
         return str(value)
 
     def mapping(self, value: Any, path: tuple[Any, ...]) -> dict[Any, Any]:
@@ -176,9 +263,12 @@ class _Checker:
         env = {}
         for name, item in self.mapping(value, path).items():
             if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name[0].isdigit():
-                raise self.fail(path + (name,), f"{name!r} is not a valid environment variable name")
-            if isinstance(item, (dict, list)) or item is None:
+                raise self.fail(path + (name,), f"{shown(name)} is not a valid environment variable name")
+            if not isinstance(item, (str, int, float)):  # bool is an int: `yes` becomes "true"
                 raise self.fail(path + (name,), f"expected a string or number, got {_kind(item)}")
+            if isinstance(item, str) and "\0" in item:
+                raise self.fail(path + (name,), "a NUL character (\\0) cannot be part of an environment "
+                                "variable; remove it")
             env[name] = str(item).lower() if isinstance(item, bool) else str(item)
         return env
 
@@ -238,8 +328,8 @@ def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
     names = {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list", dict: "a mapping"}
-    shown = repr(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
-    return f"{names.get(type(value), type(value).__name__)} {shown}".rstrip()
+    quoted = shown(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+    return f"{names.get(type(value), type(value).__name__)} {quoted}".rstrip()
 
 
 # Keys of a process section (and of `defaults:`), with their converters.

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 JOBS_DIR_ENV = "GRACESHELL_JOBS_DIR"
+# An entry is a few hundred bytes; graceshell reads at most this much of one.
+MAX_ENTRY = 64 * 1024
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -42,15 +44,60 @@ def _file_name(job_id: str) -> str:
 
 
 def write_entry(directory: str, entry: dict[str, Any]) -> str:
-    """Write one ledger entry atomically; returns its path."""
+    """Write one ledger entry atomically; returns its path.
+
+    Raises OSError only: fields that JSON cannot hold (a cycle, a tuple key)
+    or that make the entry larger than graceshell reads are left out, and
+    the entry says so.
+    """
+    path = os.path.join(directory, _file_name(str(entry["id"])))
+    _write_atomically(path, _encode(entry))
+    return path
+
+
+def _encode(entry: dict[str, Any]) -> bytes:
+    """The entry as graceshell will read it back (jsonfile.parse_object), whatever its extra fields hold."""
     import json
 
-    path = os.path.join(directory, _file_name(str(entry["id"])))
-    temp = os.path.join(directory, "." + os.path.basename(path) + ".tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(entry, handle, default=str)
-    os.replace(temp, path)
-    return path
+    from graceshell.jsonfile import Unreadable, parse_object
+
+    try:
+        data = json.dumps(entry, default=str, allow_nan=False).encode("utf-8", "backslashreplace")
+        if len(data) > MAX_ENTRY:
+            raise Unreadable(f"larger than {MAX_ENTRY} bytes")
+        parse_object(data)  # nested too deep, or a number the reader refuses
+        return data
+    except Exception as exc:  # noqa: BLE001 - a cycle, a tuple key, a __str__ that raises: never the job's failure
+        reason = f"extra fields left out: {exc}"[:200]
+    core = {key: _plain(entry.get(key)) for key in ("id", "name", "pid", "started_at")}
+    return json.dumps({**core, "note": reason}).encode("ascii")
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON and graceshell's reader take it: a number or short text."""
+    from graceshell.jsonfile import finite_number
+
+    if value is None or isinstance(value, bool) or (finite_number(value) is not None and abs(value) < 2**63):
+        return value
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        text = f"<{type(value).__name__}>"
+    return text[:1000]
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except OSError:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
 
 
 def _entries_of(job_id: str) -> list[str]:
@@ -68,18 +115,16 @@ def _entries_of(job_id: str) -> list[str]:
 
 def update(job_id: str, **fields: Any) -> None:
     """Add `fields` to the ledger entry of `job_id` (e.g. requeued=True), from any process."""
-    import json
+    from graceshell.jsonfile import Unreadable, read_object
 
     for path in _entries_of(job_id):
         try:
-            with open(path, encoding="utf-8") as handle:
-                entry = json.load(handle)
-            entry.update(fields)
-            temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-            with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(entry, handle, default=str)
-            os.replace(temp, path)
-        except (OSError, ValueError):
+            entry = read_object(path, MAX_ENTRY)
+        except Unreadable:
+            continue  # not ours to repair: graceshell reports it as it is
+        try:
+            _write_atomically(path, _encode({**entry, **fields}))
+        except OSError:
             pass
 
 

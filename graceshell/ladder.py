@@ -15,6 +15,7 @@ import signal
 from collections import namedtuple
 
 from graceshell.durations import format_duration, parse_duration
+from graceshell.errors import shown
 from graceshell.signals import parse_signal, signal_name
 
 
@@ -48,7 +49,7 @@ def parse_ladder_spec(spec: str) -> list[StepSpec]:
     for index, item in enumerate(part.strip() for part in spec.split(",")):
         sig, sep, at = item.partition("@")
         if not sep or not sig.strip() or not at.strip():
-            raise LadderError(f"step {item!r} is not SIGNAL@OFFSET (e.g. QUIT@20s)", index)
+            raise LadderError(f"step {shown(item)} is not SIGNAL@OFFSET (e.g. QUIT@20s)", index)
         steps.append(StepSpec(at.strip(), sig.strip()))
     return steps
 
@@ -82,7 +83,7 @@ def resolve_offset(at: str | int | float, budget: float, reserve: float | None =
         if not rest:
             return budget
         if not rest.startswith("-"):
-            raise ValueError(f"offset {at!r}: write budget-DURATION (e.g. budget-5s) or budget-reserve")
+            raise ValueError(f"offset {shown(at)}: write budget-DURATION (e.g. budget-5s) or budget-reserve")
         if rest[1:].strip().lower() == RESERVE:
             return max(0.0, budget - (cold_reserve(budget) if reserve is None else reserve))
         return max(0.0, budget - parse_duration(rest[1:]))

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 BUDGET_ENV = "GRACESHELL_BUDGET_S"
+# Keys a ledger entry may not use as they are: the log call's own arguments
+# and record fields (graceshell logs each orphaned job as key=value pairs).
+_RESERVED_KEYS = frozenset({"self", "event", "level", "timestamp"})
 # inotify(7) events that change the set of files in a directory.
 _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
 
@@ -105,29 +108,31 @@ class Ledger:
     def entries(self, now: float) -> list[dict[str, Any]]:
         """One entry per job file left: its id, name, pid, running_s and all it holds.
 
-        A corrupt or half-written file is reported as such, never raised.
+        A corrupt, half-written, huge or symlinked file is reported as such,
+        never raised, and at most MAX_ENTRY bytes of it are read: the worker
+        wrote these files, graceshell must still exit with its report.
         """
-        import json
+        from graceshell.jobs import MAX_ENTRY
+        from graceshell.jsonfile import Unreadable, finite_number, read_object
 
         found = []
         for name in self._names():
-            path = os.path.join(self.jobs_dir, name)
+            shown_name = os.fsencode(name).decode("utf-8", "backslashreplace")  # a name in no encoding
             try:
-                with open(path, encoding="utf-8") as handle:
-                    data = json.load(handle)
-            except (OSError, ValueError) as exc:
-                found.append({"id": None, "name": None, "pid": None, "running_s": None, "file": name,
-                              "error": f"corrupt ledger file: {exc.__class__.__name__}: {exc}"[:300]})
+                data = read_object(os.path.join(self.jobs_dir, name), MAX_ENTRY)
+            except Unreadable as exc:
+                if exc.missing:
+                    continue  # the job ended while the ledger was read
+                found.append({"id": None, "name": None, "pid": None, "running_s": None, "file": shown_name,
+                              "error": f"corrupt ledger file: {exc}"[:300]})
                 continue
-            if not isinstance(data, dict):
-                found.append({"id": None, "name": None, "pid": None, "running_s": None, "file": name,
-                              "error": "corrupt ledger file: not a JSON object"})
-                continue
-            started = data.get("started_at")
-            running = round(now - started, 3) if isinstance(started, (int, float)) and \
-                not isinstance(started, bool) else None
-            found.append({"id": data.get("id"), "name": data.get("name"), "pid": data.get("pid"),
-                          "running_s": running, **data, "file": name})
+            started = finite_number(data.get("started_at"))
+            running = round(now - started, 3) if started is not None else None
+            # The job's own fields are reported too, except under the names the
+            # log event itself uses (`event` would even break the log call).
+            extra = {(f"job_{key}" if key in _RESERVED_KEYS else key): value for key, value in data.items()}
+            found.append({"id": data.get("id"), "name": data.get("name"), "pid": data.get("pid"), **extra,
+                          "running_s": running, "file": shown_name})
         return found
 
     def watch(self) -> int | None:

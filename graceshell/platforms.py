@@ -112,8 +112,10 @@ def detect_platform(environ: Mapping[str, str]) -> tuple[Platform, str]:
 def platform_timeout(platform: Platform, environ: Mapping[str, str]) -> float | None:
     """The platform's timeout, read from its own setting where it has one."""
     if platform.timeout_env and environ.get(platform.timeout_env, "").strip():
-        try:
-            return max(0.0, float(environ[platform.timeout_env]))
+        from graceshell.durations import parse_duration
+
+        try:  # seconds, finite and at most a week: "inf" would make every deadline infinite
+            return parse_duration(environ[platform.timeout_env])
         except ValueError:
             pass  # a malformed platform variable is the platform's default
     return platform.timeout

@@ -14,7 +14,11 @@ from __future__ import annotations
 import re
 import shlex
 
-from graceshell.errors import UsageError, read_user_file
+from graceshell.errors import UsageError, read_user_file, shown
+
+TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 PROCESS_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _PROCFILE_LINE = re.compile(r"^([A-Za-z0-9_-]+):\s*(.+)$")
@@ -26,6 +30,10 @@ _SHELL_SYNTAX = set("$`|&;<>()*?[]{}~!#\\\n")
 # (looked for outside quotes).
 _COMPOUND = re.compile(r"[|&;()\n]|\b(?:if|for|while|until|case)\b")
 _QUOTED = re.compile(r"'[^']*'|\"(?:[^\"\\]|\\.)*\"")
+# Invisible characters that no command or value needs, NUL first of all (exec
+# and the environment cannot carry it): rejected where they are read, so that
+# `check` refuses what `run` could not start. Tab is an ordinary blank.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 class Procfile:
@@ -44,23 +52,22 @@ def read_procfile(path: str) -> Procfile:
 def parse_procfile(text: str, path: str = "Procfile") -> Procfile:
     processes: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in _lines(text, path):
         match = _PROCFILE_LINE.match(line)
         if match is None:
             name = line.partition(":")[0].strip()
             if ":" in line and not PROCESS_NAME.fullmatch(name):
-                reason = f"process type {name!r} may use only letters, digits, _ and -"
+                reason = f"process type {shown(name)} may use only letters, digits, _ and -"
             elif ":" in line:
-                reason = f"process type {name!r} has no command"
+                reason = f"process type {shown(name)} has no command"
             else:
                 reason = "expected NAME: COMMAND"
             raise UsageError(f"{path}:{number}: {reason}")
         name, command = match.group(1), match.group(2).strip()
+        if not command:
+            raise UsageError(f"{path}:{number}: process type {shown(name)} has no command")
         if name in processes:
-            raise UsageError(f"{path}:{number}: process type {name!r} is already defined on line {lines[name]}")
+            raise UsageError(f"{path}:{number}: process type {shown(name)} is already defined on line {lines[name]}")
         processes[name] = command
         lines[name] = number
     if not processes:
@@ -98,16 +105,30 @@ def read_dotenv(path: str) -> dict[str, str]:
 
 def parse_dotenv(text: str, path: str = ".env") -> dict[str, str]:
     env: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
+    for number, line in _lines(text, path):
         match = _ENV_LINE.match(line)
         if match is None:
             raise UsageError(f"{path}:{number}: expected NAME=value")
         name, value = match.group(1), match.group(2).strip()
         env[name] = _unquote(value, f"{path}:{number}")
     return env
+
+
+def _lines(text: str, path: str) -> Iterator[tuple[int, str]]:
+    """(number, stripped line) of each line that is not blank or a comment.
+
+    Lines end at \\n only (and \\r\\n): str.splitlines() would also break at
+    form feeds and other separators, and the numbers would not match an editor's.
+    """
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        bad = _CONTROL.search(line)
+        if bad is not None:
+            raise UsageError(f"{path}:{number}: control character {bad.group()!r} in column "
+                             f"{raw.index(bad.group()) + 1}; remove it (is this a text file?)")
+        yield number, line
 
 
 def _unquote(value: str, where: str) -> str:

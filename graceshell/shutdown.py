@@ -27,30 +27,39 @@ if TYPE_CHECKING:
     from typing import Any
 
 SHUTDOWN_FILE_ENV = "GRACESHELL_SHUTDOWN_FILE"
+# graceshell writes about 200 bytes; anything much larger is not its notice.
+MAX_NOTICE = 64 * 1024
 # (path, notice) once graceshell has escalated: nothing later changes it.
 _escalated_notice: tuple[str, dict[str, Any]] | None = None
 
 
 def notice() -> dict[str, Any] | None:
-    """The shutdown notice, or None before a stop (or outside graceshell)."""
+    """The shutdown notice, or None before a stop (or outside graceshell).
+
+    Never raises: a corrupt, huge, binary or symlinked file reads as None.
+    """
     global _escalated_notice
     path = os.environ.get(SHUTDOWN_FILE_ENV)
     if _escalated_notice is not None and _escalated_notice[0] == path:
         return _escalated_notice[1]
     if not path:
         return None
-    import json
+    from graceshell.jsonfile import Unreadable, read_object
 
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
+        data = read_object(path, MAX_NOTICE)
+    except Unreadable:
         return None
-    if not isinstance(data, dict):
-        return None
-    if data.get("step"):
+    if _step(data):
         _escalated_notice = (path, data)
     return data
+
+
+def _step(data: dict[str, Any]) -> float:
+    """The notice's ladder step: 0 in the warm phase (or when the field makes no sense)."""
+    from graceshell.jsonfile import finite_number
+
+    return max(finite_number(data.get("step")) or 0.0, 0.0)
 
 
 def requested() -> bool:
@@ -66,7 +75,7 @@ def escalated() -> bool:
     the worker's children, from graceshell's own cold shutdown, to be obeyed.
     """
     data = notice() if requested() else None
-    return bool(data and data.get("step"))
+    return bool(data and _step(data))
 
 
 def under_graceshell() -> bool:
@@ -76,7 +85,10 @@ def under_graceshell() -> bool:
 
 def remaining() -> float | None:
     """Seconds until graceshell's final KILL, or None before a stop."""
+    from graceshell.jsonfile import finite_number
+
     data = notice() if requested() else None
-    if data is None or not isinstance(data.get("deadline"), (int, float)):
+    deadline = finite_number(data.get("deadline")) if data is not None else None
+    if deadline is None:
         return None
-    return max(0.0, data["deadline"] - time.time())
+    return max(0.0, deadline - time.time())

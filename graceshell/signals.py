@@ -72,26 +72,36 @@ def _known_names() -> dict[str, int]:
 
 def parse_signal(text: str | int) -> int:
     """The signal number for `text`; ValueError with a hint when unknown."""
-    if isinstance(text, bool):
-        raise ValueError(f"unknown signal {text!r}")
-    if isinstance(text, int) or str(text).strip().isdigit():
+    from graceshell.errors import shown
+
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise ValueError(f"unknown signal {shown(text)}")
+    if isinstance(text, int) or _is_number(text.strip()):
+        if isinstance(text, str) and len(text.strip().lstrip("0")) > 3:  # int() of 5000 digits would raise
+            raise ValueError(f"unknown signal number {shown(text.strip())}")
         number = int(text)
         if number not in {int(s) for s in signal.valid_signals()}:
-            raise ValueError(f"unknown signal number {number}")
+            raise ValueError(f"unknown signal number {shown(number)}")
         return number
-    spec = str(text).strip().upper()
+    spec = text.strip().upper()
     bare = spec[3:] if spec.startswith("SIG") else spec
     known = _known_names()
     if bare in known:
         return known[bare]
     for base, sign in (("RTMIN+", 1), ("RTMAX-", -1)):
-        if bare.startswith(base) and bare[len(base):].isdigit():
+        offset = bare[len(base):]
+        if bare.startswith(base) and _is_number(offset) and len(offset.lstrip("0")) <= 3:
             anchor = signal.SIGRTMIN if sign > 0 else signal.SIGRTMAX
-            number = int(anchor) + sign * int(bare[len(base):])
+            number = int(anchor) + sign * int(offset)
             if int(signal.SIGRTMIN) <= number <= int(signal.SIGRTMAX):
                 return number
     import difflib  # only on the error path
 
-    close = difflib.get_close_matches(bare, list(known), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(bare[:40], list(known), n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else " (use e.g. TERM, SIGQUIT or 15)"
-    raise ValueError(f"unknown signal {str(text)!r}{hint}")
+    raise ValueError(f"unknown signal {shown(text)}{hint}")
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '٣', which int() refuses or misreads."""
+    return text.isascii() and text.isdigit()

@@ -219,3 +219,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                          if k not in ("framework", "broadcast", "setup", "platform_sigkill"))
         terminalreporter.write_line(f"{row['framework']:<{width}} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
                                     f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many examples the fuzz tests ran (tests/fuzz_support.py), when they ran."""
+    fuzz = sys.modules.get("fuzz_support")
+    if fuzz is not None:
+        fuzz.report(terminalreporter)
