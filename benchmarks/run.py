@@ -199,8 +199,8 @@ def imports(trials: int) -> dict[str, object]:
                 order.append(name.strip())
                 if name.strip() in cumulative:
                     cumulative[name.strip()].append(int(total) / 1000)
-        # graceshell.tree spawns the worker; structlog must not be imported before it.
-        after_spawn &= "structlog" in order and order.index("graceshell.tree") < order.index("structlog")
+        # graceshell.engine.tree spawns the worker; structlog must not be imported before it.
+        after_spawn &= "structlog" in order and order.index("graceshell.engine.tree") < order.index("structlog")
     results: dict[str, object] = {f"import {name}, ms": stats(values) for name, values in cumulative.items() if values}
     results["structlog imported after the spawn"] = after_spawn
     return results

@@ -1,8 +1,9 @@
 """The `graceshell` command line, built with click.
 
-This module sits on top: it parses, resolves settings through resolve.py and
-plan.py, and hands the plan to the supervisor, start, check or drill; nothing
-in the package imports it. Errors end as one line on stderr and a documented
+This module sits on top: it parses, resolves settings through the config
+layer (graceshell.config: resolve, plan), and hands the plan to the engine
+(graceshell.engine.supervisor) or to a command (graceshell.commands: start,
+check, drill); nothing in the package imports it. Errors end as one line on stderr and a documented
 exit status (2 for usage and config), never a traceback.
 
 Start-up matters here: click is imported because it parses every command,
@@ -28,7 +29,7 @@ from graceshell import __version__
 from graceshell.durations import parse_duration
 from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError
 from graceshell.logs import FORMATS, LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV
-from graceshell.settings import Origin, Setting
+from graceshell.config.settings import Origin, Setting
 from graceshell.signals import parse_signal
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any, NoReturn
 
-    from graceshell.plan import RunPlan
-    from graceshell.resolve import Sources
+    from graceshell.config.plan import RunPlan
+    from graceshell.config.resolve import Sources
 
 PROG = "graceshell"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -144,7 +145,7 @@ def _signal_list(text: str) -> frozenset[int]:
 
 
 def _ladder(text: str) -> list[Any]:
-    from graceshell.ladder import parse_ladder_spec, resolve_offset
+    from graceshell.config.ladder import parse_ladder_spec, resolve_offset
 
     specs = parse_ladder_spec(text)
     for spec in specs:  # offsets and signals now; the budget check comes with the plan
@@ -157,7 +158,7 @@ class _PresetName(click.ParamType):
     name = "preset"
 
     def _names(self) -> list[str]:
-        from graceshell.presets import PRESETS
+        from graceshell.config.presets import PRESETS
 
         return list(PRESETS)
 
@@ -181,7 +182,7 @@ class _PlatformName(click.ParamType):
         return value
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-        from graceshell.platforms import PLATFORMS
+        from graceshell.config.platforms import PLATFORMS
 
         return [click.shell_completion.CompletionItem(name) for name in PLATFORMS if name.startswith(incomplete)]
 
@@ -192,7 +193,7 @@ def _complete_process_type(ctx: click.Context, param: click.Parameter, incomplet
         return []
     path = ctx.params.get("procfile") or "Procfile"
     try:
-        from graceshell.procfile import read_procfile
+        from graceshell.config.procfile import read_procfile
 
         types = list(read_procfile(path).processes)
     except GraceshellError:
@@ -302,7 +303,7 @@ def cli() -> None:
 
 
 def _sources(config: str | None, procfile: str | None, env_files: tuple[str, ...]) -> Sources:
-    from graceshell.resolve import Sources
+    from graceshell.config.resolve import Sources
 
     return Sources(config, procfile, list(env_files) or None, os.environ, read_run_line=read_run_line)
 
@@ -337,8 +338,8 @@ def read_run_line(argv: list[str], where: str) -> tuple[list[str], dict[str, Set
 
 def _plan_for(ctx: click.Context, words: tuple[str, ...], name: str | None) -> tuple[RunPlan, dict[str, Setting]]:
     """The run plan of `-- COMMAND...` or of a Procfile PROCESS_TYPE."""
-    from graceshell.plan import make_plan
-    from graceshell.resolve import process_from_environment, process_type_of
+    from graceshell.config.plan import make_plan
+    from graceshell.config.resolve import process_from_environment, process_type_of
 
     params = ctx.params
     argv, explicit = _command_words(ctx, words)
@@ -368,7 +369,7 @@ def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any
     plan, settings = _plan_for(ctx, command, name)
     log_format = settings["log_format"].value if "log_format" in settings else "auto"
     log_level = settings["log_level"].value if "log_level" in settings else "info"
-    from graceshell.supervisor import run as supervise
+    from graceshell.engine.supervisor import run as supervise
 
     try:
         return supervise(plan, log_format, log_level)
@@ -396,7 +397,7 @@ def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadc
           after: float | None, when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
     import json
 
-    from graceshell.drill import Drill, render
+    from graceshell.commands.drill import Drill, render
 
     if after is not None and when_ready:
         raise UsageError("--after and --when-ready: give one of them")
@@ -419,8 +420,8 @@ def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadc
 def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str | None, port: int | None,
           **_: Any) -> int:
     from graceshell.logs import make_logger
-    from graceshell.plan import make_plan, run_command_line
-    from graceshell.start import (BASE_PORT, DEFAULT_RESTART_LIMIT, PORT_STEP_PER_TYPE, Instance, Starter,
+    from graceshell.config.plan import make_plan, run_command_line
+    from graceshell.commands.start import (BASE_PORT, DEFAULT_RESTART_LIMIT, PORT_STEP_PER_TYPE, Instance, Starter,
                                   colour_for, parse_concurrency)
 
     environ = os.environ
@@ -469,7 +470,7 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
 def check(ctx: click.Context, process_type: str | None, as_json: bool, **_: Any) -> int:
     import json
 
-    from graceshell.check import check as check_sources, render_text
+    from graceshell.commands.check import check as check_sources, render_text
 
     params = ctx.params
     sources = _sources(params["config"], params["procfile"], params["env_files"])

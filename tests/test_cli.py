@@ -175,7 +175,7 @@ def test_the_run_path_imports_click_and_structlog_after_the_spawn():
                            "--", "true"], capture_output=True, text=True, env=clean_env(), timeout=30)
     imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
     assert "click" in imported and "structlog" in imported
-    assert imported.index("click") < imported.index("graceshell.tree") < imported.index("structlog")
+    assert imported.index("click") < imported.index("graceshell.engine.tree") < imported.index("structlog")
     assert "asyncio" not in imported  # structlog's async methods are never used: deferred, never loaded
 
 

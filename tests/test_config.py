@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import clean_env
-from graceshell.procfile import command_argv, parse_dotenv, parse_procfile
+from graceshell.config.procfile import command_argv, parse_dotenv, parse_procfile
 
 GRACESHELL = [sys.executable, "-m", "graceshell"]
 WORKER = str(Path(__file__).with_name("worker.py"))

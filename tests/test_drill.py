@@ -78,7 +78,7 @@ def test_text_timeline_of_a_stop(tmp_path):
 
 
 def test_the_timeline_on_a_terminal_is_drawn_with_blocks():
-    from graceshell.drill import render
+    from graceshell.commands.drill import render
 
     result = {"survived": True, "verdict": "stopped cleanly in 1.0s of 10s", "platform": "docker",
               "stop_signal": "TERM", "broadcast": "pid1", "platform_timeout_s": 10.0, "wrapped": True,

@@ -9,9 +9,9 @@ import psutil
 import pytest
 
 from conftest import alive, clean_env, is_guard, wait_for
-from graceshell.plan import make_plan
-from graceshell.presets import preset_layer
-from graceshell.settings import Origin, Setting
+from graceshell.config.plan import make_plan
+from graceshell.config.presets import preset_layer
+from graceshell.config.settings import Origin, Setting
 from graceshell.signals import signal_name
 
 
@@ -244,7 +244,7 @@ def test_a_closed_log_pipe_does_not_reach_the_worker():
 
 GUARDED = """
 import os, subprocess, sys
-from graceshell import guard
+from graceshell.engine import guard
 if sys.argv[1] != "shell":
     guard._SHELL = "/nonexistent/sh"  # as in an image without a shell: graceshell forks the guard itself
 worker = subprocess.Popen(["sleep", "60"])
@@ -288,9 +288,9 @@ def test_either_guard_signals_the_worker_when_its_graceshell_dies(kind):
 CRASHING = """
 import sys
 import graceshell.logs
-from graceshell.plan import make_plan
-from graceshell.settings import Origin, Setting
-from graceshell.supervisor import Supervisor
+from graceshell.config.plan import make_plan
+from graceshell.config.settings import Origin, Setting
+from graceshell.engine.supervisor import Supervisor
 
 
 def broken(*args, **kwargs):

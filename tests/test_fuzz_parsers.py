@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 
 from fuzz_support import (DURATIONS, EXAMPLE_CONFIG, EXAMPLE_PROCFILE, HUGE_NUMBERS, SIGNALS, YAML_BOMBS,
                           YAML_SNIPPETS, assert_one_line, count, examples, mutated, nasty_text, yaml_text)
-from graceshell.check import effective
-from graceshell.config import ConfigError, load_config
+from graceshell.commands.check import effective
+from graceshell.config.configfile import ConfigError, load_config
 from graceshell.durations import MAX_DURATION, format_duration, parse_duration
 from graceshell.errors import UsageError, read_user_file
-from graceshell.ladder import LadderError, build_ladder, parse_ladder_spec, resolve_offset
-from graceshell.presets import preset_layer
-from graceshell.procfile import command_argv, parse_dotenv, parse_procfile
-from graceshell.settings import merge
+from graceshell.config.ladder import LadderError, build_ladder, parse_ladder_spec, resolve_offset
+from graceshell.config.presets import preset_layer
+from graceshell.config.procfile import command_argv, parse_dotenv, parse_procfile
+from graceshell.config.settings import merge
 from graceshell.signals import parse_signal
 
 VALID_SIGNALS = {int(s) for s in signal.valid_signals()}

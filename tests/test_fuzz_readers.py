@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fuzz_support import count, examples
 from graceshell import jobs, shutdown
-from graceshell.ledger import Ledger
+from graceshell.engine.ledger import Ledger
 
 # Log calls take these as their own arguments; a job's fields must not use them.
 LOG_ARGUMENTS = {"self", "event", "level", "timestamp"}

@@ -147,7 +147,7 @@ def test_helpers_inside_graceshell(monkeypatch, tmp_path):
 def test_the_pre_rendered_notice_is_the_json_of_the_notice():
     from hypothesis import given, strategies as st
 
-    from graceshell.ledger import render_notice
+    from graceshell.engine.ledger import render_notice
 
     stamp = st.floats(min_value=0, max_value=4e9, allow_nan=False)
 

@@ -25,9 +25,9 @@ RSS_SLACK = 2 * 1024 * 1024  # allocator noise, not growth: a leak per run would
 # The supervisor 1000 times in one process: what one run opens, it must close.
 MANY_RUNS = """
 import json, os, sys
-from graceshell.plan import make_plan
-from graceshell.settings import Origin, Setting
-from graceshell.supervisor import Supervisor
+from graceshell.config.plan import make_plan
+from graceshell.config.settings import Origin, Setting
+from graceshell.engine.supervisor import Supervisor
 
 
 def fds():
@@ -58,7 +58,7 @@ print(json.dumps({"fds": [first[0], last[0]], "rss": [first[1], last[1]], "child
 # 30 s, a constant) shortened to 10 ms so that 200 restarts take seconds.
 START_WITH_SHORT_BACKOFF = """
 import runpy, sys
-import graceshell.start as start
+import graceshell.commands.start as start
 start.BACKOFF_FIRST = start.BACKOFF_MAX = 0.01
 sys.argv = ["graceshell", *sys.argv[1:]]
 runpy.run_module("graceshell", run_name="__main__", alter_sys=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import clean_env
-from graceshell.presets import preset_layer
+from graceshell.config.presets import preset_layer
 
 GRACESHELL = [sys.executable, "-m", "graceshell"]
 

@@ -297,10 +297,10 @@ def test_stop_before_the_worker_exists_is_not_lost(tmp_path, worker):
 
     code = f"""
 import os, signal, sys
-from graceshell import tree
-from graceshell.plan import make_plan
-from graceshell.settings import Origin, Setting
-from graceshell.supervisor import Supervisor
+from graceshell.engine import tree
+from graceshell.config.plan import make_plan
+from graceshell.config.settings import Origin, Setting
+from graceshell.engine.supervisor import Supervisor
 spawn = tree.spawn_worker
 def early(*args):
     os.kill(os.getpid(), signal.SIGTERM)  # the stop arrives now, before the worker exists

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import clean_env, wait_for
-from graceshell import rundir
+from graceshell.engine import rundir
 
 
 def predicted(base: Path, token: bytes) -> Path:

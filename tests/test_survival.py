@@ -247,7 +247,7 @@ def run_together(tmp: Path, redis_url: str, timeout: int, broadcast: str, wrappe
 @pytest.mark.parametrize("broadcast", ["all", "group"])
 @pytest.mark.parametrize("timeout", [10, 8, 5], ids=["10s", "8s-compose", "5s-fly"])
 def test_jobs_survive_a_platform_stop_under_graceshell(tmp_path, redis_url, timeout, broadcast):
-    from graceshell.drill import render
+    from graceshell.commands.drill import render
 
     for run, fates, result in run_together(tmp_path, redis_url, timeout, broadcast, wrapped=True):
         picture = f"{run.framework}: {fates}\n{render(result, tty=False)}"  # what a failure shows

@@ -12,9 +12,9 @@ import signal
 
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
-from graceshell.ladder import LadderError, Step, build_ladder, cold_reserve
-from graceshell.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
-from graceshell.settings import Origin, Setting
+from graceshell.config.ladder import LadderError, Step, build_ladder, cold_reserve
+from graceshell.config.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
+from graceshell.config.settings import Origin, Setting
 from graceshell.signals import DEFAULT_STOP_SIGNALS
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only

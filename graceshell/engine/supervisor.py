@@ -19,12 +19,12 @@ import selectors
 import signal
 import time
 
-from graceshell import tree
-from graceshell.ladder import describe
-from graceshell.ledger import Ledger
+from graceshell.engine import tree
+from graceshell.config.ladder import describe
+from graceshell.engine.ledger import Ledger
 from graceshell.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV
-from graceshell.plan import RunPlan
-from graceshell.report import build_report
+from graceshell.config.plan import RunPlan
+from graceshell.engine.report import build_report
 from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger
 
-    from graceshell.guard import Guard
-    from graceshell.summary import RepeatSummary
+    from graceshell.engine.guard import Guard
+    from graceshell.engine.summary import RepeatSummary
 
 # How long to wait for the kernel to finish off a SIGKILLed tree before
 # reporting survivors (processes stuck in uninterruptible sleep) and leaving.
@@ -164,7 +164,7 @@ class Supervisor:
             except OSError:  # kernels before 5.3
                 self.pidfd = None
         # After the spawn, so that none of this delays the worker's start.
-        from graceshell.guard import start as start_guard
+        from graceshell.engine.guard import start as start_guard
 
         if not _has_exited(self.pid):  # a worker that is already gone (`true`) needs no guard
             self.guard = start_guard(self.pid, self.pidfd, self.plan.parent_death_signal)
@@ -204,7 +204,7 @@ class Supervisor:
         # waits in the wakeup pipe for the loop below.
         from graceshell.logs import make_logger
 
-        from graceshell.summary import RepeatSummary
+        from graceshell.engine.summary import RepeatSummary
 
         self.log = make_logger(self.log_format, self.log_level, process=self.plan.name)
         self.forwards = RepeatSummary(self.log, "graceshell.forward_summary")
@@ -559,7 +559,7 @@ class Supervisor:
         troubled = report["outcome"] in ("killed", "escalated", "crashed") or self.survivors or orphaned
         (self.log.warning if troubled else self.log.info)("graceshell.exit", **report)
         if orphaned and self.plan.on_orphans:
-            from graceshell.hooks import run_on_orphans
+            from graceshell.engine.hooks import run_on_orphans
 
             run_on_orphans(self.plan.on_orphans, {"process": self.plan.name, **report}, self._hook_time(),
                            self.log)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 import signal
 
-from graceshell import tree
+from graceshell.engine import tree
 
 NAME = "graceshellguard"  # the guard's argv[0] (and, forked, its name in ps and top)
 _PR_SET_NAME = 15

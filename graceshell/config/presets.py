@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from graceshell.ladder import StepSpec
-from graceshell.settings import Origin, Setting
+from graceshell.config.ladder import StepSpec
+from graceshell.config.settings import Origin, Setting
 
 
 class Preset(namedtuple("Preset", "name ladder env why cold_floor cold_why", defaults=(None, ""))):
@@ -142,7 +142,8 @@ def _package_paths(value: str) -> str:
         return value
     import os
 
-    return value.replace("{integrations}", os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations"))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return value.replace("{integrations}", os.path.join(package, "integrations"))
 
 
 def preset_layer(name: str) -> dict[str, Setting]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import signal
 
-from graceshell.ladder import describe
-from graceshell.plan import RunPlan
+from graceshell.config.ladder import describe
+from graceshell.config.plan import RunPlan
 from graceshell.signals import signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only

@@ -32,19 +32,20 @@ import sys
 import threading
 import time
 
-from graceshell import timeline, tree
+from graceshell.commands import timeline
+from graceshell.engine import tree
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
-from graceshell.plan import run_command_line
-from graceshell.report import shell_status
-from graceshell.platforms import BROADCAST_ALL
+from graceshell.config.plan import run_command_line
+from graceshell.engine.report import shell_status
+from graceshell.config.platforms import BROADCAST_ALL
 from graceshell.signals import signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from typing import Any, TextIO
 
-    from graceshell.plan import RunPlan
+    from graceshell.config.plan import RunPlan
 
 BROADCASTS = ("all", "group", "pid1")
 DRILL_TIMEOUT_WITHOUT_PLATFORM = 30.0
@@ -297,7 +298,7 @@ class LedgerWatch:
         return None
 
     def start(self, started_at: float) -> None:
-        from graceshell.ledger import _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO
+        from graceshell.engine.ledger import _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO
 
         self.started_at = started_at
         if sys.platform.startswith("linux"):

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from graceshell.durations import parse_duration
 from graceshell.errors import MAX_SHOWN, UsageError, one_line, read_user_file, shown
-from graceshell.ladder import LadderError, StepSpec, parse_ladder_spec, resolve_offset
+from graceshell.config.ladder import LadderError, StepSpec, parse_ladder_spec, resolve_offset
 from graceshell.logs import FORMATS, LEVELS
-from graceshell.platforms import PLATFORMS
-from graceshell.plan import SECOND_SIGNAL_POLICIES
-from graceshell.settings import Origin, Setting
+from graceshell.config.platforms import PLATFORMS
+from graceshell.config.plan import SECOND_SIGNAL_POLICIES
+from graceshell.config.settings import Origin, Setting
 from graceshell.signals import parse_signal
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -242,7 +242,7 @@ class _Checker:
         return self.choice([*PLATFORMS, "auto"])(value, path)
 
     def preset(self, value: Any, path: tuple[Any, ...]) -> str:
-        from graceshell.presets import PRESETS
+        from graceshell.config.presets import PRESETS
 
         if not isinstance(value, str) or value not in PRESETS:
             raise self.fail(path, f"unknown preset {shown(value)} (known: {', '.join(PRESETS)})")
@@ -371,7 +371,7 @@ def _unknown_key(key: Any, keys: Mapping[str, str]) -> str:
 
 def load_config(path: str) -> ConfigFile:
     """Read and check graceshell.yml; ConfigError (exit 2) on the first problem."""
-    from graceshell.procfile import PROCESS_NAME
+    from graceshell.config.procfile import PROCESS_NAME
 
     data, lines = read_yaml(path)
     checker = _Checker(path, lines)

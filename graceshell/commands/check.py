@@ -7,10 +7,10 @@ import shlex
 import signal
 
 from graceshell.durations import format_duration, parse_duration
-from graceshell.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE, cold_reserve,
+from graceshell.config.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE, cold_reserve,
                                describe, resolve_offset)
-from graceshell.plan import make_plan, resolve_platform
-from graceshell.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
+from graceshell.config.plan import make_plan, resolve_platform
+from graceshell.config.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
 from graceshell.signals import parse_signal, signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -18,10 +18,10 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from graceshell.ladder import StepSpec
-    from graceshell.plan import RunPlan
-    from graceshell.resolve import Sources
-    from graceshell.settings import Setting
+    from graceshell.config.ladder import StepSpec
+    from graceshell.config.plan import RunPlan
+    from graceshell.config.resolve import Sources
+    from graceshell.config.settings import Setting
 
 # Platforms that broadcast by default but let the deployment choose graceshell
 # alone as the receiver, and how.
@@ -271,7 +271,8 @@ def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: M
         return []
     import os
 
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "integrations", file)
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(package, "integrations", file)
     if any(char.isspace() for char in path):
         return [f"graceshell is installed under a path with a space ({path}): Ruby splits RUBYOPT at spaces and "
                 f"cannot load graceshell's {plan.preset} integration; install graceshell elsewhere"]

@@ -12,15 +12,15 @@ from __future__ import annotations
 import os
 
 from graceshell.errors import UsageError
-from graceshell.presets import preset_layer
-from graceshell.settings import Origin, Setting, merge
+from graceshell.config.presets import preset_layer
+from graceshell.config.settings import Origin, Setting, merge
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from graceshell.config import ConfigFile
-    from graceshell.procfile import Procfile
+    from graceshell.config.configfile import ConfigFile
+    from graceshell.config.procfile import Procfile
 
     # (argv of the line, "Procfile:3") -> (the worker's own argv, the line's flags as settings)
     RunLineReader = Callable[[list[str], str], tuple[list[str], dict[str, Setting]]]
@@ -44,7 +44,7 @@ class Sources:
         path = config_path or environ.get(CONFIG_ENV) or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
         self.config: ConfigFile | None = None
         if path:
-            from graceshell.config import load_config
+            from graceshell.config.configfile import load_config
 
             self.config = load_config(path)
         self.procfile_path = procfile_path or DEFAULT_PROCFILE
@@ -57,14 +57,14 @@ class Sources:
         # own parser, handed down from above so that this layer imports no CLI.
         self.read_run_line = read_run_line
         if files:
-            from graceshell.procfile import read_dotenv
+            from graceshell.config.procfile import read_dotenv
         for file in files:
             self.dotenv = merge([self.dotenv, {"env": Setting(read_dotenv(file), Origin(file))}])
 
     @property
     def procfile(self) -> Procfile:
         if self._procfile is None:
-            from graceshell.procfile import read_procfile
+            from graceshell.config.procfile import read_procfile
 
             self._procfile = read_procfile(self.procfile_path)
         return self._procfile
@@ -81,7 +81,7 @@ class Sources:
             raise UsageError(f"{procfile.path}: no process type {process_type!r} "
                              f"(types: {', '.join(procfile.processes)})")
         where = f"{procfile.path}:{procfile.lines[process_type]}"
-        from graceshell.procfile import command_argv
+        from graceshell.config.procfile import command_argv
 
         argv = command_argv(procfile.processes[process_type], where)
         if _runs_itself(argv, process_type):

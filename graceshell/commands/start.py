@@ -25,7 +25,7 @@ import signal
 import subprocess
 import time
 
-from graceshell.report import shell_status
+from graceshell.engine.report import shell_status
 from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger as Logger
 
-    from graceshell.guard import Guard
+    from graceshell.engine.guard import Guard
 
 BASE_PORT = 5000
 PORT_STEP_PER_TYPE = 100
@@ -149,7 +149,7 @@ class Starter:
             instance.pidfd = None  # SIGCHLD wakes the loop instead
         # A kill -9 of `start` must not leave its graceshells running on their
         # own: each one's guard sends it TERM, a stop with its own ladder.
-        from graceshell.guard import start as start_guard
+        from graceshell.engine.guard import start as start_guard
 
         instance.guard = start_guard(instance.proc.pid, instance.pidfd, signal.SIGTERM)
 

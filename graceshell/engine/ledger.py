@@ -53,7 +53,7 @@ def render_notice(notice: dict[str, Any]) -> bytes:
 
 class Ledger:
     def __init__(self) -> None:
-        from graceshell import rundir
+        from graceshell.engine import rundir
 
         root = rundir.create(rundir.base_dir())
         self.root = root
@@ -67,7 +67,7 @@ class Ledger:
     def sweep_stale(self) -> list[str]:
         """Remove the run directories of graceshells that died without cleaning
         up (a kill -9); the paths removed. Called once the worker is running."""
-        from graceshell import rundir
+        from graceshell.engine import rundir
 
         return rundir.sweep(os.path.dirname(self.root), keep=self.root)
 

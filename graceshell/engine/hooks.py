@@ -12,8 +12,8 @@ import os
 import signal
 import time
 
-from graceshell import tree
-from graceshell.report import shell_status
+from graceshell.engine import tree
+from graceshell.engine.report import shell_status
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
