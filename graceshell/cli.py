@@ -34,7 +34,7 @@ from graceshell.signals import parse_signal
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
     from typing import Any, NoReturn
 
     from graceshell.config.plan import RunPlan

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -199,7 +198,11 @@ def framework_stops(request, tmp_path_factory, redis_url):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """The survival table of the end-to-end tests, and the benchmarks' smoke figures."""
+    """How many examples the fuzz tests ran, the benchmarks' smoke figures and
+    the survival table of the end-to-end tests, for the runs that had them."""
+    fuzz = sys.modules.get("fuzz_support")
+    if fuzz is not None:
+        fuzz.report(terminalreporter)
     try:
         from test_benchmarks import SMOKE_OUTPUT
     except ImportError:
@@ -220,9 +223,3 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"{row['framework']:<{width}} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
                                     f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")
 
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many examples the fuzz tests ran (tests/fuzz_support.py), when they ran."""
-    fuzz = sys.modules.get("fuzz_support")
-    if fuzz is not None:
-        fuzz.report(terminalreporter)

@@ -90,3 +90,14 @@ def outcome_of(outcomes: dict[Any, Any], key: Any) -> Any:
     if isinstance(value, BaseException):
         raise value
     return value
+
+
+def assert_short_completed_long_requeued(fates: dict, result: dict, ids: dict) -> None:
+    """Under graceshell: the short job finished, the long one went back to its
+    queue and is still named in the report, and the platform killed nothing."""
+    assert fates == {"short job": "completed", "long job": "requeued"}, result
+    assert result["platform_killed"] == [], result
+    (orphan,) = result["orphaned_jobs"]  # named in the report, although it went back
+    assert orphan["id"] == ids["long"] and orphan["name"] == "work"
+    assert orphan["requeued"] is True and orphan["interrupted"] is True
+    assert result["survived"] is False  # a job did not fit: the drill says so

@@ -5,7 +5,6 @@ import os
 import signal
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -72,7 +71,6 @@ def test_celery_tasks_are_recorded_and_a_killed_one_is_reported(graceshell, tmp_
 
 
 RQ_JOBS = """
-import time
 
 def sleep(seconds):
     time.sleep(seconds)

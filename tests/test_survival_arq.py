@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import clean_env, wait_for
-from survival_helpers import LONG, SHORT, drill, finish, outcome_of, record, scenarios_of, stop_drill
+from survival_helpers import (LONG, SHORT, assert_short_completed_long_requeued, drill, finish,
+                              outcome_of, record, scenarios_of, stop_drill)
 
 ARQ_BIN = Path(__file__).resolve().parents[1] / ".venv-arq" / "bin"
 
@@ -133,9 +134,4 @@ def test_arq_survives_a_platform_stop(arq_stops, broadcast, wrapped):
     fates, result, ids = outcome_of(arq_stops, (broadcast, wrapped))
     record("arq", broadcast, wrapped, fates, result)
     if wrapped:
-        assert fates == {"short job": "completed", "long job": "requeued"}, result
-        assert result["platform_killed"] == [], result
-        (orphan,) = result["orphaned_jobs"]  # named in the report, although it went back
-        assert orphan["id"] == ids["long"] and orphan["name"] == "work"
-        assert orphan["requeued"] is True and orphan["interrupted"] is True
-        assert result["survived"] is False  # a job did not fit: the drill says so
+        assert_short_completed_long_requeued(fates, result, ids)

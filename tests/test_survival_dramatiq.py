@@ -15,7 +15,8 @@ import textwrap
 import pytest
 
 from conftest import clean_env, wait_for
-from survival_helpers import BIN, LONG, SHORT, drill, finish, outcome_of, record, scenarios_of, stop_drill
+from survival_helpers import (BIN, LONG, SHORT, assert_short_completed_long_requeued, drill,
+                              finish, outcome_of, record, scenarios_of, stop_drill)
 
 pytest.importorskip("dramatiq")
 
@@ -96,12 +97,7 @@ def test_dramatiq_survives_a_platform_stop(dramatiq_stops, broadcast, wrapped):
     fates, result, ids = outcome_of(dramatiq_stops, (broadcast, wrapped))
     record("dramatiq", broadcast, wrapped, fates, result)
     if wrapped:
-        assert fates == {"short job": "completed", "long job": "requeued"}, result
-        assert result["platform_killed"] == [], result
-        (orphan,) = result["orphaned_jobs"]  # named in the report, although it went back
-        assert orphan["id"] == ids["long"] and orphan["name"] == "work"
-        assert orphan["requeued"] is True and orphan["interrupted"] is True
-        assert result["survived"] is False  # a job did not fit: the drill says so
+        assert_short_completed_long_requeued(fates, result, ids)
 
 
 def test_dramatiq_integration_leaves_other_processes_alone(tmp_path):

@@ -30,7 +30,7 @@ from graceshell.signals import forwardable_signals, read_signals, signal_name, w
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import BinaryIO
 
     from structlog.typing import FilteringBoundLogger as Logger
 
