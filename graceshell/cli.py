@@ -27,7 +27,7 @@ import click  # noqa: E402
 
 from graceshell import __version__
 from graceshell.durations import parse_duration
-from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError
+from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError, one_line
 from graceshell.logs import FORMATS, LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from graceshell.config.settings import Origin, Setting
 from graceshell.signals import parse_signal
@@ -312,6 +312,10 @@ def read_run_line(argv: list[str], where: str) -> tuple[list[str], dict[str, Set
     """A Procfile line that itself runs `graceshell run [OPTIONS] -- CMD`: the
     worker's own command and the line's flags as settings, parsed by the very
     command that parses them on a command line."""
+    options = argv[2:argv.index("--")] if "--" in argv else argv[2:]
+    if "-h" in options or "--help" in options:  # would print run's help instead of checking the line
+        raise UsageError(f"{where}: --help inside a Procfile line; write the worker's command after "
+                         "`graceshell run --`")
     try:
         ctx = run.make_context("run", list(argv[2:]), resilient_parsing=False)
     except click.UsageError as exc:
@@ -511,7 +515,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.stderr.write(exc.ctx.get_help() + "\n" if exc.ctx is not None else exc.format_message() + "\n")
         sys.exit(USAGE_EXIT)
     except click.UsageError as exc:
-        _fail(_usage_line(exc), USAGE_EXIT)
+        _fail(one_line(_usage_line(exc)), USAGE_EXIT)
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
     except (click.Abort, KeyboardInterrupt):  # Ctrl-C before graceshell took over its signals

@@ -86,6 +86,8 @@ BAD = [
     (None, None, None, ["-c", "missing.yml"], "missing.yml: config file not found"),
     (None, None, None, ["--preset", "celry"], "'--preset': unknown preset 'celry'"),
     (None, None, None, ["--ladder", "QUIT@budget+1s"], "'--ladder': offset 'budget+1s'"),
+    (None, "worker: graceshell run --help -- x\n", None, ["run", "worker"], "Procfile:1: --help inside a Procfile line"),
+    (None, None, None, ["--stop-signals", "TERM,SEGV"], "SEGV report a fault"),
     (None, None, None, ["--log-level", "loud"], "'--log-level': 'loud' is not one of"),
 ]
 

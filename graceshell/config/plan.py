@@ -85,6 +85,12 @@ class RunPlan:
         return self.ladder[0].signal if self.ladder[0].signal is not None else received
 
 
+# Signals the kernel raises for a process's own fault: graceshell leaves
+# them at their defaults, so they can never start a stop.
+_FAULT_SIGNALS = frozenset(int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                                            signal.SIGTRAP, signal.SIGSYS))
+
+
 def _get(settings: Mapping[str, Setting], key: str, default: Any = None) -> Any:
     setting = settings.get(key)
     return setting.value if setting is not None else default
@@ -146,6 +152,10 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
     stops = _get(settings, "stop_signals") or frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
     if signal.SIGKILL in stops or signal.SIGSTOP in stops:
         raise UsageError(f"{settings['stop_signals'].origin}: KILL and STOP cannot be caught")
+    faults = sorted(signal.Signals(s).name[3:] for s in stops & _FAULT_SIGNALS)
+    if faults:
+        raise UsageError(f"{settings['stop_signals'].origin}: {', '.join(faults)} report a fault in the process "
+                         "that gets them, not a request to stop; use TERM, INT, QUIT, HUP or a USR signal")
     death = _get(settings, "parent_death_signal")
     if death == signal.SIGSTOP:
         raise UsageError(f"{settings['parent_death_signal'].origin}: STOP would leave the worker stopped with "
