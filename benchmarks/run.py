@@ -257,27 +257,6 @@ def forwarding(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, obje
             proc.wait()
         if latencies:
             results[name if name != "bare" else "kernel floor (direct)"] = stats(latencies)
-    # The first stop again, but 2 ms after a USR1 has been forwarded: the
-    # same work (shutdown notice, then the signal) on a process that has just
-    # run, which separates what the notice costs from what waking a process
-    # that has slept costs on this machine.
-    if GRACESHELL:
-        latencies = []
-        for _ in range(trials):
-            proc, _pid = _receiver_under(wrappers.argv("graceshell", [receiver]))
-            time.sleep(0.15)
-            os.kill(proc.pid, signal.SIGUSR1)
-            _next_signal(proc)
-            time.sleep(0.002)
-            sent = time.monotonic_ns()
-            os.kill(proc.pid, signal.SIGTERM)
-            got = _next_signal(proc)
-            if got is not None and got[0] == signal.SIGTERM:
-                latencies.append((got[1] - sent) / 1e6)
-            kill_tree(proc.pid, proc.known)  # type: ignore[attr-defined]
-            proc.wait()
-        if latencies:
-            results["graceshell, first stop just after a USR1"] = stats(latencies)
     # Steady state: many forwards in one run (graceshell passes USR1 as it is).
     if GRACESHELL:
         proc, _pid = _receiver_under(wrappers.argv("graceshell", [receiver]))
