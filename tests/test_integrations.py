@@ -71,6 +71,7 @@ def test_celery_tasks_are_recorded_and_a_killed_one_is_reported(graceshell, tmp_
 
 
 RQ_JOBS = """
+import time
 
 def sleep(seconds):
     time.sleep(seconds)
