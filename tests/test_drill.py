@@ -106,3 +106,20 @@ def test_after_and_when_ready_together_is_a_usage_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "graceshell", "drill", "--after", "1s", "--when-ready", "x",
                            "--", "true"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr == "graceshell: error: --after and --when-ready: give one of them\n"
+
+
+def test_an_event_that_lands_inside_a_worker_line_is_still_read(tmp_path):
+    """The worker shares graceshell's stderr; an unbuffered print writes its text
+    and its newline apart, and graceshell's event can land between them."""
+    import io
+    import json as json_module
+
+    from graceshell.commands.drill import Drill
+    from graceshell.config.plan import make_plan
+    from graceshell.config.settings import Origin, Setting
+
+    plan = make_plan(["true"], {"platform": Setting("heroku", Origin("test"))})
+    drill = Drill(plan, broadcast=None, wrap=True, after=None, when_ready=None, config=None, out=io.StringIO())
+    event = json_module.dumps({"event": "graceshell.escalate", "step": 1, "signal": "QUIT"})
+    drill._echo_stderr(io.BytesIO(f"[worker 7] got TERM{event}\n\n".encode()))
+    assert [item for _, item in drill.events] == [json_module.loads(event)]

@@ -53,6 +53,9 @@ DEFAULT_AFTER = 5.0
 _READY_CHECK = 0.05  # seconds between looks for --when-ready's file (the drill is a test tool)
 
 
+_EVENT_MARK = '{"event": "graceshell.'  # how graceshell's JSON log lines begin (logs.py puts `event` first)
+
+
 class Drill:
     def __init__(self, plan: RunPlan, *, broadcast: str | None, wrap: bool, after: float | None,
                  when_ready: str | None, config: str | None, out: TextIO) -> None:
@@ -75,9 +78,13 @@ class Drill:
         """Pass the child's stderr through, keeping graceshell's events and exit report."""
         for raw in stream:
             line = raw.decode(errors="replace")
-            if line.startswith("{") and '"graceshell.' in line:
+            # The worker shares this stderr: an unbuffered `print` writes its
+            # text and its newline apart, and graceshell's line can land
+            # between them, so an event is looked for anywhere in the line.
+            start = line.find(_EVENT_MARK)
+            if start >= 0:
                 try:
-                    found = json.loads(line)
+                    found = json.loads(line[start:])
                 except ValueError:
                     found = None
                 if isinstance(found, dict):
