@@ -104,13 +104,20 @@ def make_logger(fmt: str = "auto", level: str = "info", stream: TextIO | None = 
     return logger.bind(**context) if context else logger.bind()
 
 
+_integration_loggers: dict[str, FilteringBoundLogger] = {}
+
+
 def logger_from_environment(component: str) -> FilteringBoundLogger:
     """The logger of an integration inside the worker: graceshell's format and
-    level, which graceshell passes down in the environment, on stderr."""
-    fmt = os.environ.get(LOG_FORMAT_ENV, "auto")
-    level = os.environ.get(LOG_LEVEL_ENV, "info")
-    return make_logger(fmt if fmt in FORMATS else "auto", level if level in LEVELS else "info",
-                       component=component)
+    level, which graceshell passes down in the environment, on stderr. Built
+    on first use (the integrations log rarely: a stop, a requeue) and kept."""
+    logger = _integration_loggers.get(component)
+    if logger is None:
+        fmt = os.environ.get(LOG_FORMAT_ENV, "auto")
+        level = os.environ.get(LOG_LEVEL_ENV, "info")
+        logger = _integration_loggers[component] = make_logger(
+            fmt if fmt in FORMATS else "auto", level if level in LEVELS else "info", component=component)
+    return logger
 
 
 def _isatty(stream: TextIO) -> bool:

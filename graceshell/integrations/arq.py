@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from signal import Signals
     from typing import Any
 
+# graceshell's own events from inside the worker (built once, in logs.py).
+_log = functools.partial(logger_from_environment, "arq")
+
 
 def _is_stop_under_graceshell(signum: int) -> bool:
     """A TERM or INT from the platform or graceshell, which this worker handles."""
@@ -102,7 +105,7 @@ class Worker(_ArqWorker):
         name = getattr(signum, "name", str(signum))
         if shutdown.escalated():
             running = [job_id for job_id, task in self.tasks.items() if not task.done()]
-            self._graceshell_log().warning("graceshell.arq.cold_shutdown", signal=name, jobs=running,
+            _log().warning("graceshell.arq.cold_shutdown", signal=name, jobs=running,
                                            requeued=bool(self.retry_jobs))
             super().handle_sig(signum)  # cancel the running jobs; arq retries them
         elif not self._graceshell_warm:
@@ -110,16 +113,8 @@ class Worker(_ArqWorker):
             self._job_completion_wait = None  # no limit of arq's: graceshell's cold step ends the wait
             super().handle_sig_wait_for_completion(signum)
         else:  # the platform's broadcast beside graceshell's own signal
-            self._graceshell_log().info("graceshell.arq.signal_ignored", signal=name,
+            _log().info("graceshell.arq.signal_ignored", signal=name,
                                         reason="graceshell has not escalated: running jobs go on")
-
-    _graceshell_logger: Any = None
-
-    def _graceshell_log(self) -> Any:
-        """graceshell's own events, through structlog, beside arq's logging."""
-        if self._graceshell_logger is None:
-            self._graceshell_logger = logger_from_environment("arq")
-        return self._graceshell_logger
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ Outside graceshell nothing changes but a dictionary lookup per task.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 
@@ -48,20 +49,15 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
+# graceshell's own events from inside the worker (built once, in logs.py).
+_log = functools.partial(logger_from_environment, "celery")
+
 _running: dict[str, jobs.track] = {}
 _in_pool_process = False
 _celery_term_handler: Any = None
 _shield_installed = False
 _interrupted = False  # graceshell's cold shutdown reached this process mid-task
 _told_ignored = False  # the warm phase's ignored TERM is logged once per pool process
-_log: Any = None
-
-
-def _logger() -> Any:
-    global _log
-    if _log is None:
-        _log = logger_from_environment("celery")
-    return _log
 
 
 @signals.worker_process_init.connect(weak=False)
@@ -76,7 +72,7 @@ def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
         # The platform's broadcast: the warm shutdown lets this task finish.
         if not _told_ignored:
             _told_ignored = True
-            _logger().info("graceshell.celery.term_ignored", pid=os.getpid(), tasks=list(_running),
+            _log().info("graceshell.celery.term_ignored", pid=os.getpid(), tasks=list(_running),
                            reason="graceshell has not escalated: the warm shutdown goes on")
         return
     # Celery's cold shutdown is cancelling the task in hand. Its ledger entry
@@ -84,7 +80,7 @@ def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
     _interrupted = True
     for task_id, tracker in _running.items():
         jobs.update(task_id, interrupted=True, requeued=bool(tracker.extra.get("acks_late")))
-    _logger().warning("graceshell.celery.cold_shutdown", pid=os.getpid(),
+    _log().warning("graceshell.celery.cold_shutdown", pid=os.getpid(),
                       tasks=[{"id": task_id, "requeued": bool(tracker.extra.get("acks_late"))}
                              for task_id, tracker in _running.items()])
     handler = _celery_term_handler

@@ -34,6 +34,7 @@ Every message is recorded in the ledger while an actor runs it.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -48,6 +49,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
+
+# graceshell's own events from inside the worker (built once, in logs.py).
+_log = functools.partial(logger_from_environment, "dramatiq")
 
 
 class GraceshellMiddleware(Middleware):
@@ -113,20 +117,12 @@ _middleware = GraceshellMiddleware()
 _dramatiq_term_handler: Any = None
 _warm_delivered = False
 _told_ignored = False  # the warm phase's ignored TERM is logged once per worker process
-_log: Any = None
-
-
-def _logger() -> Any:
-    global _log
-    if _log is None:
-        _log = logger_from_environment("dramatiq")
-    return _log
 
 
 def _term_in_worker_process(signum: int, frame: FrameType | None) -> None:
     global _warm_delivered, _told_ignored
     if shutdown.escalated():
-        _logger().warning("graceshell.dramatiq.cold_shutdown", pid=os.getpid(), messages=_middleware.requeue_running())
+        _log().warning("graceshell.dramatiq.cold_shutdown", pid=os.getpid(), messages=_middleware.requeue_running())
         if not _warm_delivered:
             _warm_delivered = True
             _dramatiq_term_handler(signum, frame)
@@ -136,7 +132,7 @@ def _term_in_worker_process(signum: int, frame: FrameType | None) -> None:
         # The platform's broadcast, or the main process forwarding it: the warm shutdown goes on.
         if not _told_ignored:
             _told_ignored = True
-            _logger().info("graceshell.dramatiq.term_ignored", pid=os.getpid(), messages=_middleware.running_ids(),
+            _log().info("graceshell.dramatiq.term_ignored", pid=os.getpid(), messages=_middleware.running_ids(),
                            reason="graceshell has not escalated: the warm shutdown goes on")
         return
     _warm_delivered = True

@@ -36,6 +36,7 @@ Outside graceshell the consumer behaves exactly like Huey's.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -51,20 +52,15 @@ if TYPE_CHECKING:
     from types import FrameType
     from typing import Any
 
+# graceshell's own events from inside the worker (built once, in logs.py).
+_log = functools.partial(logger_from_environment, "huey")
+
 # Any of these ends a task's run (or skips it); SIGNAL_INTERRUPTED is handled apart.
 _FINISHED = frozenset({huey_signals.SIGNAL_COMPLETE, huey_signals.SIGNAL_ERROR, huey_signals.SIGNAL_CANCELED,
                        huey_signals.SIGNAL_LOCKED, huey_signals.SIGNAL_TIMEOUT, huey_signals.SIGNAL_RATE_LIMITED,
                        huey_signals.SIGNAL_REVOKED, huey_signals.SIGNAL_EXPIRED})
 
 
-_log: Any = None
-
-
-def _logger() -> Any:
-    global _log
-    if _log is None:
-        _log = logger_from_environment("huey")
-    return _log
 
 
 class Consumer(_HueyConsumer):
@@ -78,7 +74,7 @@ class Consumer(_HueyConsumer):
             return super()._handle_signal(signum, frame)
         name = signal.Signals(signum).name
         if shutdown.escalated():
-            _logger().warning("graceshell.huey.cold_shutdown", signal=name,
+            _log().warning("graceshell.huey.cold_shutdown", signal=name,
                               tasks=[task.id for task in list(self.huey._tasks_in_flight)])
             self._restart = False
             if self._graceful_stop_under_way:
@@ -88,7 +84,7 @@ class Consumer(_HueyConsumer):
         if self._signum is None:
             self._signum, self._restart, self._graceful = self._graceful_sig, False, True
         else:  # the platform's broadcast beside graceshell's own signal: the graceful shutdown goes on
-            _logger().info("graceshell.huey.signal_ignored", signal=name,
+            _log().info("graceshell.huey.signal_ignored", signal=name,
                            reason="graceshell has not escalated: the graceful shutdown goes on")
         return None
 
@@ -129,10 +125,10 @@ class _Ledger:
         try:
             self.huey.enqueue(task)
             jobs.update(task.id, interrupted=True, requeued=True)
-            _logger().warning("graceshell.huey.requeued", task=task.id, name=task.name)
+            _log().warning("graceshell.huey.requeued", task=task.id, name=task.name)
         except Exception as exc:  # noqa: BLE001 - the consumer must still exit, and the report say why
             jobs.update(task.id, interrupted=True, requeued=False, requeue_error=str(exc))
-            _logger().error("graceshell.huey.requeue_failed", task=task.id, name=task.name, error=str(exc))
+            _log().error("graceshell.huey.requeue_failed", task=task.id, name=task.name, error=str(exc))
 
 
 def _shield_process_worker() -> None:
@@ -150,7 +146,7 @@ def _shield_process_worker() -> None:
             if shutdown.escalated():
                 huey_handler(number, frame)
             else:
-                _logger().info("graceshell.huey.term_ignored", pid=os.getpid(),
+                _log().info("graceshell.huey.term_ignored", pid=os.getpid(),
                                reason="graceshell has not escalated: the task in hand goes on")
 
         signal.signal(signum, interrupt_once_escalated)

@@ -46,14 +46,10 @@ def _ignore_until_escalated(signum: int, frame: FrameType | None) -> None:
 
 
 class Worker(_RQWorker):
-    _graceshell_log: Any = None
-
     @property
     def graceshell_log(self) -> Any:
         """graceshell's own events, through structlog, beside RQ's logging."""
-        if self._graceshell_log is None:
-            self._graceshell_log = logger_from_environment("rq").bind(worker=self.name)
-        return self._graceshell_log
+        return logger_from_environment("rq").bind(worker=self.name)
 
     def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
         with jobs.track(job.id, job.func_name, queue=queue.name):
