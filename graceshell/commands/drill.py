@@ -305,19 +305,10 @@ class LedgerWatch:
         return None
 
     def start(self, started_at: float) -> None:
-        from graceshell.engine.ledger import _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO
+        from graceshell.engine.ledger import watch_directory
 
         self.started_at = started_at
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-            mask = _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO
-            if fd >= 0 and libc.inotify_add_watch(fd, self.jobs_dir.encode(), mask) >= 0:
-                self.fd = fd
-            elif fd >= 0:
-                os.close(fd)
+        self.fd = watch_directory(self.jobs_dir)
         self._scan(first=True)
         if self.fd is not None:
             self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -343,20 +334,18 @@ class LedgerWatch:
             self._compare(time.monotonic() - self.started_at, first=first)
 
     def _compare(self, now: float, *, first: bool) -> None:
-        try:
-            names = {n for n in os.listdir(self.jobs_dir) if n.endswith(".json") and not n.startswith(".")}
-        except OSError:
-            return
+        from graceshell.engine.ledger import entry_names
+        from graceshell.jobs import MAX_ENTRY
+        from graceshell.jsonfile import Unreadable, read_object
+
+        names = set(entry_names(self.jobs_dir))
         for name in set(self.seen) - names:
             self.changes.append({"t": now, "file": name, "what": "finished", "label": _job_label(self.seen[name])})
             del self.seen[name]
         for name in names:
             try:
-                with open(os.path.join(self.jobs_dir, name), encoding="utf-8") as handle:
-                    entry = json.load(handle)
-            except (OSError, ValueError):
-                continue
-            if not isinstance(entry, dict):
+                entry = read_object(os.path.join(self.jobs_dir, name), MAX_ENTRY)
+            except Unreadable:
                 continue
             before = self.seen.get(name)
             if before is None and not first:

@@ -34,6 +34,31 @@ _RESERVED_KEYS = frozenset({"self", "event", "level", "timestamp"})
 _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
 
 
+def entry_names(jobs_dir: str) -> list[str]:
+    """The ledger's job files, in order; dot-files are writes in progress."""
+    try:
+        return sorted(n for n in os.listdir(jobs_dir) if n.endswith(".json") and not n.startswith("."))
+    except OSError:
+        return []
+
+
+def watch_directory(path: str) -> int | None:
+    """A non-blocking inotify fd, readable when a file appears in `path`, leaves
+    it or is renamed in or out (Linux); None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        return None
+    if libc.inotify_add_watch(fd, path.encode(), _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO) < 0:
+        os.close(fd)
+        return None
+    return fd
+
+
 # The notice's JSON, filled in at the stop: a template costs a fraction of
 # json.dumps on the path between the stop signal and the worker's.
 _NOTICE = ('{"signal": "%s", "received_at": %s, "deadline": %s, "platform_deadline": %s, "step": %d, '
@@ -97,10 +122,7 @@ class Ledger:
             os.close(fd)
 
     def _names(self) -> list[str]:
-        try:
-            return sorted(n for n in os.listdir(self.jobs_dir) if n.endswith(".json") and not n.startswith("."))
-        except OSError:
-            return []
+        return entry_names(self.jobs_dir)
 
     def count(self) -> int:
         return len(self._names())
@@ -137,20 +159,8 @@ class Ledger:
 
     def watch(self) -> int | None:
         """An inotify fd that becomes readable when a job starts or ends (Linux)."""
-        if not sys.platform.startswith("linux"):
-            return None
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:
-            return None
-        mask = _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO
-        if libc.inotify_add_watch(fd, self.jobs_dir.encode(), mask) < 0:
-            os.close(fd)
-            return None
-        self.watch_fd = fd
-        return fd
+        self.watch_fd = watch_directory(self.jobs_dir)
+        return self.watch_fd
 
     def drain_watch(self) -> None:
         if self.watch_fd is None:
@@ -167,34 +177,11 @@ class Ledger:
             if fd is not None:
                 os.close(fd)
         self.watch_fd = self.notice_fd = None
-        if self.lock_fd is not None:  # held until the directory is gone
-            lock_fd, self.lock_fd = self.lock_fd, None
-            try:
-                self._remove_files()
-            finally:
-                os.close(lock_fd)
-            return
-        self._remove_files()
+        from graceshell.engine import rundir
 
-    def _remove_files(self) -> None:
-        # What graceshell made, file by file (shutil costs an import at every exit);
-        # rmtree only when a worker left more than files behind.
-        for directory in (self.jobs_dir, self.root):
-            try:
-                names = os.listdir(directory)
-            except OSError:
-                continue
-            for name in names:
-                try:
-                    os.unlink(os.path.join(directory, name))
-                except (IsADirectoryError, PermissionError, OSError):
-                    pass
-        for directory in (self.jobs_dir, self.root):
-            try:
-                os.rmdir(directory)
-            except OSError:
-                pass
-        if os.path.exists(self.root):
-            import shutil
-
-            shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            rundir.remove(self.root)
+        finally:
+            if self.lock_fd is not None:  # held until the directory is gone
+                os.close(self.lock_fd)
+                self.lock_fd = None

@@ -157,6 +157,23 @@ def sweep(base: str, keep: str) -> list[str]:
     return removed
 
 
+def remove(path: str) -> None:
+    """Remove a run directory and all in it, never following a symlink
+    (best effort: what cannot be removed stays)."""
+    directory = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, directory)
+    except OSError:
+        return
+    try:
+        _remove_contents(fd)
+        os.rmdir(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _remove_contents(dir_fd: int) -> None:
     """Empty the directory open as `dir_fd`, subdirectories too, without following symlinks."""
     with os.scandir(dir_fd) as entries:
