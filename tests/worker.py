@@ -23,6 +23,10 @@ HARMLESS = {"CONT", "TSTP", "TTIN", "TTOU", "WINCH", "URG"}
 
 
 def record_signals(state: str, ignore: set[str], exit_on: dict[str, int]) -> None:
+    # Imported here, not in the handler: an import is not re-entrant, and a
+    # storm of signals runs the handler inside itself (importlib's lock breaks).
+    from graceshell import shutdown
+
     path = os.path.join(state, f"{os.getpid()}.log")
 
     def handler(signum: int, frame: object) -> None:
@@ -31,8 +35,6 @@ def record_signals(state: str, ignore: set[str], exit_on: dict[str, int]) -> Non
             log.write(f"{name} {time.monotonic():.6f}\n")
         seen = os.path.join(state, f"notice-{os.getpid()}.json")
         if not os.path.exists(seen):  # what the shutdown notice said when the first signal arrived
-            from graceshell import shutdown
-
             with open(seen, "w") as out:
                 json.dump({"requested": shutdown.requested(), "notice": shutdown.notice(),
                            "remaining": shutdown.remaining(), "now": time.time()}, out)
