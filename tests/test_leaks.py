@@ -85,15 +85,16 @@ def test_a_thousand_runs_in_a_row_leave_no_fd_memory_child_or_run_directory(tmp_
 
 
 def sample(proc: psutil.Process, count: int = 30) -> tuple[int, int, int]:
-    """The fewest fds, the least RSS and the most zombies over `count` looks:
-    a crashing process comes and goes, and its pipes with it."""
+    """The fewest fds, the least RSS and the fewest zombies over `count` looks:
+    a crashing process comes and goes, and its pipes and its unreaped exit
+    with it; what leaks is there at every look."""
     fds, rss, zombies = [], [], []
     for _ in range(count):
         fds.append(proc.num_fds())
         rss.append(proc.memory_info().rss)
         zombies.append(sum(1 for kid in proc.children() if kid.status() == psutil.STATUS_ZOMBIE))
         time.sleep(0.01)
-    return min(fds), min(rss), max(zombies)
+    return min(fds), min(rss), min(zombies)
 
 
 def test_start_restarting_a_crashing_process_200_times_leaks_nothing(tmp_path: Path):
