@@ -84,6 +84,14 @@ def test_a_thousand_runs_in_a_row_leave_no_fd_memory_child_or_run_directory(tmp_
     assert list(base.iterdir()) == []
 
 
+def _status(proc: psutil.Process) -> str | None:
+    """A child's state, or None once it is reaped (between listing and looking)."""
+    try:
+        return proc.status()
+    except psutil.NoSuchProcess:
+        return None
+
+
 def sample(proc: psutil.Process, count: int = 30) -> tuple[int, int, int]:
     """The fewest fds, the least RSS and the fewest zombies over `count` looks:
     a crashing process comes and goes, and its pipes and its unreaped exit
@@ -92,7 +100,7 @@ def sample(proc: psutil.Process, count: int = 30) -> tuple[int, int, int]:
     for _ in range(count):
         fds.append(proc.num_fds())
         rss.append(proc.memory_info().rss)
-        zombies.append(sum(1 for kid in proc.children() if kid.status() == psutil.STATUS_ZOMBIE))
+        zombies.append(sum(1 for kid in proc.children() if _status(kid) == psutil.STATUS_ZOMBIE))
         time.sleep(0.01)
     return min(fds), min(rss), min(zombies)
 
