@@ -40,9 +40,15 @@ def is_guard(proc: psutil.Process) -> bool:
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it is truthy. A process that ends while the predicate looks at it
+    (psutil's NoSuchProcess between a listing and a status) is a moment of the race being waited
+    on, not a failure: the predicate is asked again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except psutil.NoSuchProcess:
+            value = None
         if value:
             return value
         time.sleep(0.01)
