@@ -32,6 +32,11 @@ class Unreadable(Exception):
 
 def read_object(path: str, limit: int) -> dict[str, Any]:
     """The JSON object in `path`, read with at most `limit` bytes; Unreadable otherwise."""
+    return parse_object(read_bytes(path, limit))
+
+
+def read_bytes(path: str, limit: int) -> bytes:
+    """All of the regular file `path` when it holds at most `limit` bytes; Unreadable otherwise."""
     try:
         # NOFOLLOW: the writers only ever rename regular files into place;
         # NONBLOCK: opening a FIFO someone put there must not wait for a writer.
@@ -54,7 +59,7 @@ def read_object(path: str, limit: int) -> dict[str, Any]:
         os.close(fd)
     if len(data) > limit:  # it grew after the fstat
         raise Unreadable(f"larger than {limit} bytes")
-    return parse_object(data)
+    return data
 
 
 def parse_object(data: bytes) -> dict[str, Any]:

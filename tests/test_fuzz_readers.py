@@ -156,8 +156,8 @@ def test_ledger_entries(scratch: Path, files: dict[str, str | bytes]) -> None:
             continue
         _make(path, kind)
         made += name.endswith(".json") and not name.startswith(".")
-    entries = _ledger(scratch).entries(now=1_000_000.0)
-    assert len(entries) == made
+    entries, unread = _ledger(scratch).entries(now=1_000_000.0)
+    assert len(entries) == made and unread == 0
     for entry in entries:
         assert not LOG_ARGUMENTS & set(entry), entry.keys()
         assert {"id", "name", "pid", "running_s", "file"} <= set(entry)
@@ -199,9 +199,9 @@ def test_jobs_track_and_update(scratch: Path, environment: dict[str, str], job_i
         if corrupt is not None and tracked.path is not None:
             Path(tracked.path).write_bytes(corrupt)
         jobs.update(job_id, **update)
-        entries = _ledger(scratch).entries(now=1e9)
+        entries, _ = _ledger(scratch).entries(now=1e9)
         assert len(entries) == 1
         if corrupt is None:
             assert entries[0]["id"] == job_id and entries[0]["name"] == name
         json.dumps(entries, allow_nan=False).encode("utf-8")
-    assert _ledger(scratch).entries(now=1e9) == []
+    assert _ledger(scratch).entries(now=1e9) == ([], 0)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -94,6 +95,57 @@ def test_on_orphans_hook_is_killed_when_the_platform_deadline_comes(graceshell, 
     hook_event = run.event("graceshell.on_orphans")
     assert hook_event["outcome"] == "killed" and hook_event["timeout_s"] < 2.0
     assert not alive(int(pid_file.read_text()))
+
+
+LEAKY_WORKER = """
+import json, os, signal, sys, time
+jobs_dir = os.environ["GRACESHELL_JOBS_DIR"]
+for number in range(int(sys.argv[2])):  # a worker that never removes its jobs' files
+    with open(os.path.join(jobs_dir, f"{number:05}.json"), "w") as entry:
+        json.dump({"id": f"job-{number}", "name": "leak", "pid": os.getpid(), "started_at": time.time()}, entry)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+with open(os.path.join(sys.argv[1], "ready.json"), "w") as ready:
+    json.dump({"pid": os.getpid()}, ready)
+while True:
+    signal.pause()
+"""
+
+
+def test_a_ledger_too_large_to_read_is_counted_not_read(graceshell, tmp_path):
+    """A worker that leaks ledger files must not delay the exit report past the
+    platform's deadline: graceshell names the first thousand and counts the rest."""
+    from graceshell.engine.ledger import MAX_ORPHANS_READ
+
+    script = tmp_path / "leaky.py"
+    script.write_text(LEAKY_WORKER)
+    leaked = MAX_ORPHANS_READ + 500
+    run = graceshell(*NONE, "--on-orphans", f'echo "$GRACESHELL_ORPHANED_JOBS" > {tmp_path}/count',
+                     "--", sys.executable, str(script), str(tmp_path), str(leaked))
+    run.ready(timeout=30)
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 0
+    report = run.report()
+    assert len(report["orphaned_jobs"]) == MAX_ORPHANS_READ and report["orphaned_jobs_unread"] == 500
+    assert report["orphaned_jobs"][0]["id"] == "job-0"  # in the ledger's order: the oldest names first
+    unread = run.event("graceshell.orphaned_jobs_unread")
+    assert (unread["count"], unread["read"], unread["level"]) == (500, MAX_ORPHANS_READ, "warning")
+    assert len([e for e in run.events() if e["event"] == "graceshell.orphaned_job"]) == MAX_ORPHANS_READ
+    assert (tmp_path / "count").read_text() == f"{leaked}\n"
+
+
+def test_the_orphan_report_reads_at_most_its_byte_budget(tmp_path):
+    from graceshell.engine.ledger import MAX_ORPHAN_BYTES, Ledger
+    from graceshell.jobs import MAX_ENTRY
+
+    big = json.dumps({"id": "x", "name": "big", "args": "a" * (MAX_ENTRY - 100)})
+    files = MAX_ORPHAN_BYTES // len(big) + 10
+    for number in range(files):
+        (tmp_path / f"{number:04}.json").write_text(big)
+    ledger = Ledger.__new__(Ledger)  # only its reading side
+    ledger.jobs_dir = str(tmp_path)
+    found, unread = ledger.entries(now=time.time())
+    assert len(found) + unread == files and unread > 0
+    assert (len(found) - 1) * len(big) < MAX_ORPHAN_BYTES <= len(found) * len(big)
 
 
 def test_no_hook_without_orphans(graceshell, worker, tmp_path):

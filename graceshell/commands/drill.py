@@ -181,6 +181,7 @@ class Drill:
         code = shell_status(proc.returncode or 0)
         report = self.report or {}
         orphaned = report.get("orphaned_jobs", []) if self.wrap else []
+        orphan_count = len(orphaned) + (report.get("orphaned_jobs_unread", 0) if self.wrap else 0)  # named and not
         took = round(ended_at - stopped_at, 3) if stopped_at is not None else None
         # graceshell's final KILL took a process down: whatever that process
         # was doing outside the ledger died unseen, so that is no survival.
@@ -195,11 +196,11 @@ class Drill:
             verdict = (f"did not stop on its own: graceshell SIGKILLed {len(sigkilled)} process(es) at its budget "
                        f"({format_duration(self.plan.budget)}); a job the ledger did not see died with them")
             if orphaned:
-                verdict += f", and {len(orphaned)} job(s) in the ledger did not fit"
+                verdict += f", and {orphan_count} job(s) in the ledger did not fit"
         elif orphaned:
             requeued = sum(1 for job in orphaned if job.get("requeued"))
-            verdict = (f"stopped in {took}s, but {len(orphaned)} job(s) did not fit in the budget "
-                       f"({requeued} back in the queue, {len(orphaned) - requeued} not)")
+            verdict = (f"stopped in {took}s, but {orphan_count} job(s) did not fit in the budget "
+                       f"({requeued} back in the queue, {orphan_count - requeued} not)")
         elif report.get("outcome") == "escalated":
             verdict = f"stopped in {took}s of {format_duration(self.timeout)}, at a later step of the ladder"
         else:

@@ -28,7 +28,8 @@ def run_on_orphans(command: str, report: dict[str, Any], timeout: float, log: Lo
     import subprocess
 
     started = time.monotonic()
-    env = {**os.environ, "GRACESHELL_ORPHANED_JOBS": str(len(report.get("orphaned_jobs", ())))}
+    orphaned = len(report.get("orphaned_jobs", ())) + report.get("orphaned_jobs_unread", 0)
+    env = {**os.environ, "GRACESHELL_ORPHANED_JOBS": str(orphaned)}
     outcome: dict[str, Any] = {"command": command, "timeout_s": round(timeout, 3)}
     try:
         proc = subprocess.Popen(["sh", "-c", command], stdin=subprocess.PIPE, env=env, start_new_session=True)

@@ -54,7 +54,7 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
                  first_signal: int | None, steps_fired: int, kill_fired: bool,
                  killed: list[dict[str, Any]], survivors: list[dict[str, Any]], uptime_s: float,
                  shutdown_s: float | None, reaped_orphans: int,
-                 orphaned_jobs: list[dict[str, Any]]) -> dict[str, Any]:
+                 orphaned_jobs: list[dict[str, Any]], orphaned_jobs_unread: int = 0) -> dict[str, Any]:
     code = exit_code_of(status)
     died_of = -os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None
     report: dict[str, Any] = {
@@ -74,6 +74,8 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
         "orphaned_jobs": orphaned_jobs,
         "reaped_orphans": reaped_orphans,
     }
+    if orphaned_jobs_unread:  # more ledger files than graceshell reads at exit (ledger.MAX_ORPHANS_READ)
+        report["orphaned_jobs_unread"] = orphaned_jobs_unread
     if survivors:
         report["survivors"] = survivors
     return report

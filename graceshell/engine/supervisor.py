@@ -546,19 +546,22 @@ class Supervisor:
         assert self.main_status is not None or self.survivors
         for summary in (self.forwards, self.signal_events):
             summary.flush(time.monotonic())  # what was counted is logged before the report
-        orphaned = self.ledger.entries(time.time()) if self.ledger is not None else []
+        orphaned, unread = self.ledger.entries(time.time()) if self.ledger is not None else ([], 0)
         for job in orphaned:
             self.log.warning("graceshell.orphaned_job", **job)
+        if unread:
+            self.log.warning("graceshell.orphaned_jobs_unread", count=unread, read=len(orphaned),
+                             reason="too many ledger files to read before the platform's deadline")
         report = build_report(
             plan=self.plan, pid=self.pid, status=self.main_status, stop_signal=self.stop_signal,
             first_signal=self.first_signal, steps_fired=self.steps_fired,
             kill_fired=self.kill_fired_at is not None, killed=self.killed, survivors=self.survivors,
             uptime_s=time.monotonic() - self.started,
             shutdown_s=time.monotonic() - self.stop_at if self.stop_at is not None else None,
-            reaped_orphans=self.reaped_orphans, orphaned_jobs=orphaned)
+            reaped_orphans=self.reaped_orphans, orphaned_jobs=orphaned, orphaned_jobs_unread=unread)
         troubled = report["outcome"] in ("killed", "escalated", "crashed") or self.survivors or orphaned
         (self.log.warning if troubled else self.log.info)("graceshell.exit", **report)
-        if orphaned and self.plan.on_orphans:
+        if orphaned and self.plan.on_orphans:  # none read means none left: at least one is always read
             from graceshell.engine.hooks import run_on_orphans
 
             run_on_orphans(self.plan.on_orphans, {"process": self.plan.name, **report}, self._hook_time(),
