@@ -126,7 +126,7 @@ def test_a_ledger_too_large_to_read_is_counted_not_read(graceshell, tmp_path):
     assert run.wait() == 0
     report = run.report()
     assert len(report["orphaned_jobs"]) == MAX_ORPHANS_READ and report["orphaned_jobs_unread"] == 500
-    assert report["orphaned_jobs"][0]["id"] == "job-0"  # in the ledger's order: the oldest names first
+    assert report["orphaned_jobs"][0]["id"] == "job-0"  # in the order of the files' names
     unread = run.event("graceshell.orphaned_jobs_unread")
     assert (unread["count"], unread["read"], unread["level"]) == (500, MAX_ORPHANS_READ, "warning")
     assert len([e for e in run.events() if e["event"] == "graceshell.orphaned_job"]) == MAX_ORPHANS_READ
