@@ -60,7 +60,8 @@ def test_check_ruby_preset_says_when_a_rubyopt_of_the_users_hides_the_integratio
 
 
 @pytest.mark.parametrize("platform, budget", [(["--platform", "none", "--budget", "7.5s"], "7.5"),
-                                              (["--platform", "heroku"], "25")])
+                                              (["--platform", "heroku"], "25"),
+                                              (["--platform", "heroku", "--ladder", "TERM@0s,KILL@20s"], "20")])
 def test_worker_gets_the_budget_for_the_ruby_integrations(tmp_path, platform, budget):
     out = tmp_path / "budget"
     proc = subprocess.run([*GRACESHELL, "run", *platform, "--", "sh", "-c", f'echo "$GRACESHELL_BUDGET_S" > {out}'],

@@ -153,7 +153,7 @@ class Supervisor:
         self.ledger = Ledger()
         # Files (preset, graceshell.yml, .env) set defaults; the real environment
         # wins; the ledger's paths are this run's own.
-        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment(self.plan.budget),
+        env = {**(self.plan.env or {}), **os.environ, **self.ledger.environment(self.plan.kill_at),
                # The integrations inside the worker log the way graceshell does.
                LOG_FORMAT_ENV: self.log_format, LOG_LEVEL_ENV: self.log_level}
         self.pid = tree.spawn_worker(self.plan.argv, env, self.caught | _PYTHON_IGNORES)
