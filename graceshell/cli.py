@@ -29,7 +29,7 @@ from graceshell import __version__
 from graceshell.durations import parse_duration
 from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError, one_line
 from graceshell.logs import FORMATS, LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV
-from graceshell.config.settings import Origin, Setting
+from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import parse_signal
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -371,8 +371,8 @@ def _plan_for(ctx: click.Context, words: tuple[str, ...], name: str | None) -> t
 @click.pass_context
 def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any) -> int:
     plan, settings = _plan_for(ctx, command, name)
-    log_format = settings["log_format"].value if "log_format" in settings else "auto"
-    log_level = settings["log_level"].value if "log_level" in settings else "info"
+    log_format = value_of(settings, "log_format", "auto")
+    log_level = value_of(settings, "log_level", "info")
     from graceshell.engine.supervisor import run as supervise
 
     try:
@@ -417,16 +417,16 @@ def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadc
              options_metavar="[OPTIONS] [PROCESS_TYPE]...")
 @_setting_options(short_config=False)
 @click.option("-c", "--concurrency", metavar="TYPE=N,...", help="instances per type, e.g. worker=2,web=1")
-@click.option("-p", "--port", metavar="PORT", type=int,
+@click.option("-p", "--port", metavar="PORT", type=click.IntRange(1, 65535),
               help="base port: +100 per process type, +1 per instance (default: $PORT, else 5000)")
 @click.argument("process_types", nargs=-1, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
 def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str | None, port: int | None,
           **_: Any) -> int:
-    from graceshell.logs import make_logger
+    from graceshell.logs import make_logger, resolve_format, use_colour
     from graceshell.config.plan import make_plan, run_command_line
-    from graceshell.commands.start import (BASE_PORT, DEFAULT_RESTART_LIMIT, PORT_STEP_PER_TYPE, Instance, Starter,
-                                  colour_for, parse_concurrency)
+    from graceshell.commands.start import (DEFAULT_RESTART_LIMIT, PORT_STEP_PER_TYPE, Instance, Starter, base_port,
+                                           colour_for, parse_concurrency)
 
     environ = os.environ
     params = ctx.params
@@ -439,10 +439,9 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
     chosen = list(process_types) or types
     counts = parse_concurrency(concurrency, chosen)
     flags = flag_layer(ctx)
-    tty = sys.stdout.isatty()
-    requested = flags["log_format"].value if "log_format" in flags else "auto"
-    child_format = ("console" if tty else "json") if requested == "auto" else requested
-    base_port = port or int(environ.get("PORT", "") or BASE_PORT)
+    requested = value_of(flags, "log_format", "auto")
+    child_format = resolve_format(requested, sys.stdout)  # every child's lines come out on start's stdout
+    first_port = port if port is not None else base_port(environ)
     instances = []
     for type_index, process_type in enumerate(chosen):
         argv = sources.process_command(process_type)
@@ -451,17 +450,17 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
             instance_name = f"{process_type}.{number}"
             settings["name"] = Setting(instance_name, Origin("start"))
             plan = make_plan(argv, settings, environ)  # every plan is checked before anything starts
-            env = {**environ, "PORT": str(base_port + PORT_STEP_PER_TYPE * type_index + number - 1),
+            env = {**environ, "PORT": str(first_port + PORT_STEP_PER_TYPE * type_index + number - 1),
                    "GRACESHELL_PROCESS": instance_name}
-            restart = settings["restart"].value if "restart" in settings else "no"
-            limit = settings["restart_limit"].value if "restart_limit" in settings else DEFAULT_RESTART_LIMIT
+            restart = value_of(settings, "restart", "no")
+            limit = value_of(settings, "restart_limit", DEFAULT_RESTART_LIMIT)
             child = run_command_line(plan, params["config"], log_format=child_format,
                                      env_files=list(params["env_files"]) or None)
             instances.append(Instance(instance_name, child, env, restart, limit, colour_for(len(instances))))
     if not instances:
         raise UsageError("nothing to start: every process type has a concurrency of 0")
-    log = make_logger(requested, flags["log_level"].value if "log_level" in flags else "info")
-    return Starter(instances, log, sys.stdout.buffer, colour=tty and "NO_COLOR" not in environ).run()
+    log = make_logger(requested, value_of(flags, "log_level", "info"))
+    return Starter(instances, log, sys.stdout.buffer, colour=use_colour(sys.stdout)).run()
 
 
 @cli.command(context_settings=CONTEXT, help=CHECK_HELP,

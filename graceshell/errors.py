@@ -28,7 +28,7 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
 def shown(value: object, limit: int = MAX_SHOWN) -> str:
     """`value` as an error message quotes it: its repr, on one line, cut to `limit`."""
     if isinstance(value, (list, dict, set, tuple)):
-        return {list: "a list", dict: "a mapping", set: "a set", tuple: "a list"}[type(value)]
+        return "a mapping" if isinstance(value, dict) else "a set" if isinstance(value, set) else "a list"
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         # repr of a 5000-digit number raises ValueError; its length is enough here
         return f"a number of about {int(value.bit_length() * 0.30103)} digits"

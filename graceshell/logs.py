@@ -68,6 +68,11 @@ def _nested_as_json(logger: Any, method: str, event_dict: MutableMapping[str, An
     return event_dict
 
 
+def use_colour(stream: TextIO) -> bool:
+    """Colour on a terminal, unless NO_COLOR (no-color.org) says otherwise."""
+    return _isatty(stream) and "NO_COLOR" not in os.environ
+
+
 def resolve_format(fmt: str, stream: TextIO) -> str:
     """`auto` is console on a terminal, JSON everywhere else."""
     return ("console" if _isatty(stream) else "json") if fmt == "auto" else fmt
@@ -95,13 +100,12 @@ def make_logger(fmt: str = "auto", level: str = "info", stream: TextIO | None = 
     elif fmt == "logfmt":
         processors += [_nested_as_json, structlog.processors.LogfmtRenderer(bool_as_flag=False)]
     else:
-        colour = _isatty(stream) and "NO_COLOR" not in os.environ
         processors += [_nested_as_json,
-                       structlog.dev.ConsoleRenderer(colors=colour, pad_event_to=20, sort_keys=False)]
+                       structlog.dev.ConsoleRenderer(colors=use_colour(stream), pad_event_to=20, sort_keys=False)]
     logger = structlog.wrap_logger(StreamSink(stream), processors=processors,
                                    wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
                                    context_class=dict, cache_logger_on_first_use=True)
-    return logger.bind(**context) if context else logger.bind()
+    return logger.bind(**context)
 
 
 _integration_loggers: dict[str, FilteringBoundLogger] = {}

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from collections import OrderedDict, namedtuple
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,14 @@ def test_a_procfile_line_that_runs_graceshell_is_unwrapped(tmp_path):
     start = json.loads(err.splitlines()[0])
     assert start["pid"] == json.loads((tmp_path / "ready.json").read_text())["pid"]  # no graceshell in between
     assert start["budget_s"] == 9.0
+
+
+@pytest.mark.parametrize("value", [OrderedDict(a=1), namedtuple("Pair", "a b")(1, 2), frozenset({1})])
+def test_parsers_name_a_container_subclass_in_a_value_error(value):
+    """Only ValueError leaves a parser, whatever type of value a YAML loader or caller hands it."""
+    from graceshell.durations import parse_duration
+    from graceshell.signals import parse_signal
+
+    for parse in (parse_duration, parse_signal):
+        with pytest.raises(ValueError):
+            parse(value)

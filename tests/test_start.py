@@ -133,3 +133,10 @@ def test_bad_procfile_and_flags_are_one_line_exit_2(tmp_path):
         proc = start(tmp_path, *args)
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 2 and message in err.decode() and err.count(b"\n") == 1, err
+    for port in ("abc", "99999", "５０００"):
+        proc = start(tmp_path, env=clean_env(PORT=port))
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 2 and err.startswith(b"graceshell: error: $PORT is ") and err.count(b"\n") == 1
+    proc = start(tmp_path, "-p", "0")
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2 and b"'--port': 0 is not in the range" in err and err.count(b"\n") == 1, err

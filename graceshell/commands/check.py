@@ -11,6 +11,7 @@ from graceshell.config.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFA
                                describe, resolve_offset)
 from graceshell.config.plan import make_plan, resolve_platform
 from graceshell.config.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
+from graceshell.config.settings import value_of
 from graceshell.signals import parse_signal, signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -49,9 +50,9 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     else:
         budget_from = f"platform timeout - {format_duration(PLATFORM_MARGIN)}, at least 80% of it"
     stops = plan.stop_signals
-    specs: list[StepSpec] = list(_get_value(settings, "ladder") or ())
+    specs: list[StepSpec] = list(value_of(settings, "ladder") or ())
     uses_reserve = any(_is_reserve(spec.at) for spec in specs)
-    floor = _get_value(settings, "cold_floor")
+    floor = value_of(settings, "cold_floor")
     reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(floor or DEFAULT_COLD_FLOOR)}"
                     f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)} "
                     "or half the budget")
@@ -87,11 +88,6 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
                                                                                                   environ),
         "errors": errors,
     }
-
-
-def _get_value(settings: Mapping[str, Setting], key: str) -> Any:
-    setting = settings.get(key)
-    return setting.value if setting is not None else None
 
 
 def _is_reserve(at: object) -> bool:

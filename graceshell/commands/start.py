@@ -30,6 +30,7 @@ from graceshell.signals import forwardable_signals, read_signals, signal_name, w
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import BinaryIO
 
     from structlog.typing import FilteringBoundLogger as Logger
@@ -314,6 +315,18 @@ def parse_concurrency(text: str | None, types: list[str]) -> dict[str, int]:
             raise UsageError(f"--concurrency: no process type {name.strip()!r} (types: {', '.join(types)})")
         counts[name.strip()] = int(number)
     return counts
+
+
+def base_port(environ: Mapping[str, str]) -> int:
+    """The first instance's port: $PORT, as honcho and foreman read it, else BASE_PORT."""
+    from graceshell.errors import UsageError, shown
+
+    text = environ.get("PORT", "")
+    if not text:
+        return BASE_PORT
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise UsageError(f"$PORT is {shown(text)}: set it to a port number, or pass --port")
+    return int(text)
 
 
 def colour_for(index: int) -> str:

@@ -14,13 +14,12 @@ from graceshell.durations import format_duration
 from graceshell.errors import UsageError
 from graceshell.config.ladder import LadderError, Step, build_ladder, cold_reserve
 from graceshell.config.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
-from graceshell.config.settings import Origin, Setting
+from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import DEFAULT_STOP_SIGNALS
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any
 
 SECOND_SIGNAL_POLICIES = ("escalate", "forward", "ignore")
 DEFAULT_LINGER = 2.0
@@ -91,11 +90,6 @@ _FAULT_SIGNALS = frozenset(int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signa
                                             signal.SIGTRAP, signal.SIGSYS))
 
 
-def _get(settings: Mapping[str, Setting], key: str, default: Any = None) -> Any:
-    setting = settings.get(key)
-    return setting.value if setting is not None else default
-
-
 def _where(settings: Mapping[str, Setting], key: str, flag: str) -> Origin:
     setting = settings.get(key)
     return setting.origin if setting is not None else Origin(flag)
@@ -104,7 +98,7 @@ def _where(settings: Mapping[str, Setting], key: str, flag: str) -> Origin:
 def resolve_platform(settings: Mapping[str, Setting], environ: Mapping[str, str]
                      ) -> tuple[Platform, str, float | None, Origin]:
     """The platform, how it was chosen, its timeout, and where the timeout came from."""
-    name = _get(settings, "platform")
+    name = value_of(settings, "platform")
     if name is None or name == "auto":
         chosen, source = detect_platform(environ)
     elif name in PLATFORMS:
@@ -127,7 +121,7 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
     if not argv:
         raise UsageError("no command to run (write: graceshell run -- COMMAND [ARG]...)")
     chosen, source, timeout, _ = resolve_platform(settings, environ)
-    budget = _get(settings, "budget")
+    budget = value_of(settings, "budget")
     if budget is None:
         budget = default_budget(timeout)
     elif timeout is not None and timeout > 0 and budget >= timeout:
@@ -139,42 +133,42 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         raise UsageError(f"{settings['budget'].origin}: the {chosen.name} platform timeout is 0s, so the budget "
                          "must be 0s (or set the platform timeout)")
     ladder_origin = _where(settings, "ladder", "--ladder")
-    reserve = cold_reserve(budget, _get(settings, "cold_floor"))
+    reserve = cold_reserve(budget, value_of(settings, "cold_floor"))
     try:
-        steps = build_ladder(_get(settings, "ladder"), budget, reserve)
+        steps = build_ladder(value_of(settings, "ladder"), budget, reserve)
     except LadderError as exc:
         where = ladder_origin.item(exc.index) if exc.index is not None else str(ladder_origin)
         raise UsageError(f"{where}: {exc}") from None
-    second_signal = _get(settings, "second_signal", "escalate")
+    second_signal = value_of(settings, "second_signal", "escalate")
     if second_signal not in SECOND_SIGNAL_POLICIES:
         raise UsageError(f"{settings['second_signal'].origin}: {second_signal!r} is not one of "
                          f"{', '.join(SECOND_SIGNAL_POLICIES)}")
-    stops = _get(settings, "stop_signals") or frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
+    stops = value_of(settings, "stop_signals") or frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
     if signal.SIGKILL in stops or signal.SIGSTOP in stops:
         raise UsageError(f"{settings['stop_signals'].origin}: KILL and STOP cannot be caught")
     faults = sorted(signal.Signals(s).name[3:] for s in stops & _FAULT_SIGNALS)
     if faults:
         raise UsageError(f"{settings['stop_signals'].origin}: {', '.join(faults)} report a fault in the process "
                          "that gets them, not a request to stop; use TERM, INT, QUIT, HUP or a USR signal")
-    death = _get(settings, "parent_death_signal")
+    death = value_of(settings, "parent_death_signal")
     if death == signal.SIGSTOP:
         raise UsageError(f"{settings['parent_death_signal'].origin}: STOP would leave the worker stopped with "
                          "nobody to continue it; use the warm shutdown's signal (the default) or KILL")
     return RunPlan(
         argv=list(argv),
-        name=_get(settings, "name") or os.path.basename(argv[0]),
+        name=value_of(settings, "name") or os.path.basename(argv[0]),
         ladder=steps,
         budget=budget,
         platform=chosen,
         platform_source=source,
         platform_timeout=timeout,
         stop_signals=stops,
-        remap=dict(_get(settings, "remap", {})),
+        remap=dict(value_of(settings, "remap", {})),
         second_signal=second_signal,
-        linger=_get(settings, "linger", DEFAULT_LINGER),
-        env=_get(settings, "env"),
-        preset=_get(settings, "preset", "generic"),
-        on_orphans=_get(settings, "on_orphans"),
+        linger=value_of(settings, "linger", DEFAULT_LINGER),
+        env=value_of(settings, "env"),
+        preset=value_of(settings, "preset", "generic"),
+        on_orphans=value_of(settings, "on_orphans"),
         cold_reserve=reserve,
         parent_death_signal=death,
     )

@@ -49,6 +49,12 @@ class Setting(namedtuple("Setting", "value origin")):
     origin: Origin
 
 
+def value_of(settings: Mapping[str, Setting], key: str, default: Any = None) -> Any:
+    """The value of `key` in `settings`, or `default` when no layer set it."""
+    setting = settings.get(key)
+    return setting.value if setting is not None else default
+
+
 def merge(layers: Iterable[Mapping[str, Setting]]) -> dict[str, Setting]:
     """Combine layers given weakest first."""
     merged: dict[str, Setting] = {}
