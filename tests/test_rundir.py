@@ -166,11 +166,11 @@ def test_a_locked_directory_is_kept_even_when_its_pid_looks_dead(tmp_path):
     lock = rundir.claim(str(held))
     assert lock is not None
     try:
-        assert rundir.sweep(str(tmp_path), keep="") == []
+        assert rundir.sweep(str(tmp_path), keep="") == ([], None)
         assert held.exists()
     finally:
         os.close(lock)
-    assert rundir.sweep(str(tmp_path), keep="") == [str(held)]
+    assert rundir.sweep(str(tmp_path), keep="") == ([str(held)], None)
     assert not held.exists()
 
 
@@ -184,9 +184,23 @@ def test_the_sweep_removes_links_inside_a_stale_directory_without_following_them
     (stale / "left" / "by" / "a-worker").mkdir(parents=True)
     old = time.time() - 60
     os.utime(stale, (old, old))
-    assert rundir.sweep(str(tmp_path / "tmp"), keep="") == [str(stale)]
+    assert rundir.sweep(str(tmp_path / "tmp"), keep="") == ([str(stale)], None)
     assert not os.path.lexists(stale)
     assert (outside / "deep" / "precious").read_text() == "keep me"
+
+
+def test_a_large_stale_directory_is_swept_in_batches_that_resume_where_they_ended(tmp_path):
+    """The supervisor sweeps inside its loop: a batch is bounded, so a stop waits for one batch at most."""
+    stale = stale_dir(tmp_path, dead_pid(), token="7777777777777777")
+    for number in range(25):
+        (stale / "jobs" / f"{number}.json").write_text("{}")
+    old = time.time() - 60
+    os.utime(stale, (old, old))
+    assert rundir.sweep(str(tmp_path), keep="", batch=10) == ([], stale.name)
+    os.utime(stale, None)  # a batch may touch the directory itself: resuming does not ask its age again
+    assert rundir.sweep(str(tmp_path), keep="", resume=stale.name, batch=10) == ([], stale.name)
+    assert rundir.sweep(str(tmp_path), keep="", resume=stale.name, batch=10) == ([str(stale)], None)
+    assert not stale.exists()
 
 
 def test_short_runs_and_stops_leave_the_sweep_to_others(tmp_path):

@@ -96,12 +96,13 @@ class Ledger:
         self.watch_fd: int | None = None
         self.notice_fd: int | None = None  # the next notice's temporary file, opened ahead
 
-    def sweep_stale(self) -> list[str]:
+    def sweep_stale(self, resume: str | None = None) -> tuple[list[str], str | None]:
         """Remove the run directories of graceshells that died without cleaning
-        up (a kill -9); the paths removed. Called once the worker is running."""
+        up (a kill -9), one batch at a time: see rundir.sweep. Called once the
+        worker is running."""
         from graceshell.engine import rundir
 
-        return rundir.sweep(os.path.dirname(self.root), keep=self.root)
+        return rundir.sweep(os.path.dirname(self.root), keep=self.root, resume=resume)
 
     def environment(self, budget: float | None = None) -> dict[str, str]:
         env = {JOBS_DIR_ENV: self.jobs_dir, SHUTDOWN_FILE_ENV: self.shutdown_file}

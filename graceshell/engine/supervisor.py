@@ -113,6 +113,7 @@ class Supervisor:
         self.idle_since: float | None = None
         self.notice: dict[str, Any] | None = None
         self.sweep_at: float | None = None  # when to remove run directories dead graceshells left
+        self.sweep_resume: str | None = None  # the one a sweep's batch ended in
         self.guard: Guard | None = None  # signals the worker if graceshell dies first
         self.wakeup: int | None = None
         # A storm of signals logs the first few of each, then counts per second (made with the logger).
@@ -395,9 +396,10 @@ class Supervisor:
             self.log.debug("graceshell.notice_prepare_failed", error=str(exc))
 
     def _sweep(self) -> None:
-        self.sweep_at = None
         assert self.ledger is not None
-        removed = self.ledger.sweep_stale()
+        removed, self.sweep_resume = self.ledger.sweep_stale(self.sweep_resume)
+        # A sweep cut short goes on at the next turn of the loop, after any signal that came meanwhile.
+        self.sweep_at = time.monotonic() if self.sweep_resume is not None else None
         if removed:
             self.log.info("graceshell.stale_run_dirs", removed=removed, reason="left by graceshells that no longer exist")
 
