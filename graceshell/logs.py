@@ -51,6 +51,12 @@ class StreamSink:
     debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg
 
 
+# Keys the logger writes or binds itself, or that structlog's renderers take
+# for a traceback: data logged as keys (a job's own fields) is renamed off them.
+RESERVED_KEYS = frozenset({"self", "event", "level", "timestamp", "process", "component",
+                           "exc_info", "exception", "stack_info"})
+
+
 def _event_first(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """`event` leads the line, then the bound context and the fields: the
     key order graceshell has always written, which people read by eye."""

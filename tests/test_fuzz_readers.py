@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fuzz_support import count, examples
 from graceshell import jobs, shutdown
-from graceshell.engine.ledger import Ledger
+from graceshell.engine.ledger import read_entries
 
 # Log calls take these as their own arguments; a job's fields must not use them.
 LOG_ARGUMENTS = {"self", "event", "level", "timestamp"}
@@ -132,13 +132,6 @@ def test_shutdown_notice(scratch: Path, environment: dict[str, str], kind: str |
 
 # -- the job ledger, at graceshell's exit ----------------------------------------------------------------
 
-def _ledger(jobs_dir: Path) -> Ledger:
-    """A Ledger reading `jobs_dir` (only its reading side is under test)."""
-    ledger = Ledger.__new__(Ledger)
-    ledger.jobs_dir = str(jobs_dir)
-    return ledger
-
-
 names = st.sampled_from(["a.json", "b.json", "1-x.json", "job.json", ".hidden.json", "x.json.tmp", "\udcff.json",
                          "new\nline.json", "ü.json"]) | st.text(alphabet="abc-_.", min_size=1, max_size=6).map(
                              lambda n: n + ".json")
@@ -156,7 +149,7 @@ def test_ledger_entries(scratch: Path, files: dict[str, str | bytes]) -> None:
             continue
         _make(path, kind)
         made += name.endswith(".json") and not name.startswith(".")
-    entries, unread = _ledger(scratch).entries(now=1_000_000.0)
+    entries, unread = read_entries(str(scratch), 1_000_000.0)
     assert len(entries) == made and unread == 0
     for entry in entries:
         assert not LOG_ARGUMENTS & set(entry), entry.keys()
@@ -199,9 +192,9 @@ def test_jobs_track_and_update(scratch: Path, environment: dict[str, str], job_i
         if corrupt is not None and tracked.path is not None:
             Path(tracked.path).write_bytes(corrupt)
         jobs.update(job_id, **update)
-        entries, _ = _ledger(scratch).entries(now=1e9)
+        entries, _ = read_entries(str(scratch), 1e9)
         assert len(entries) == 1
         if corrupt is None:
             assert entries[0]["id"] == job_id and entries[0]["name"] == name
         json.dumps(entries, allow_nan=False).encode("utf-8")
-    assert _ledger(scratch).entries(now=1e9) == ([], 0)
+    assert read_entries(str(scratch), 1e9) == ([], 0)

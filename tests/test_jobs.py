@@ -134,18 +134,27 @@ def test_a_ledger_too_large_to_read_is_counted_not_read(graceshell, tmp_path):
 
 
 def test_the_orphan_report_reads_at_most_its_byte_budget(tmp_path):
-    from graceshell.engine.ledger import MAX_ORPHAN_BYTES, Ledger
+    from graceshell.engine.ledger import MAX_ORPHAN_BYTES, read_entries
     from graceshell.jobs import MAX_ENTRY
 
     big = json.dumps({"id": "x", "name": "big", "args": "a" * (MAX_ENTRY - 100)})
     files = MAX_ORPHAN_BYTES // len(big) + 10
     for number in range(files):
         (tmp_path / f"{number:04}.json").write_text(big)
-    ledger = Ledger.__new__(Ledger)  # only its reading side
-    ledger.jobs_dir = str(tmp_path)
-    found, unread = ledger.entries(now=time.time())
+    found, unread = read_entries(str(tmp_path), time.time())
     assert len(found) + unread == files and unread > 0
     assert (len(found) - 1) * len(big) < MAX_ORPHAN_BYTES <= len(found) * len(big)
+
+
+def test_a_job_field_named_like_a_log_key_is_renamed_in_the_report(tmp_path):
+    """A job's `process` would replace graceshell's own in the orphaned_job event; `exc_info` would be
+    rendered as a traceback."""
+    from graceshell.engine.ledger import read_entries
+
+    (tmp_path / "1-j.json").write_text(json.dumps({"id": "j", "process": "mine", "exc_info": True, "event": "x"}))
+    (entry,), _ = read_entries(str(tmp_path), time.time())
+    assert (entry["job_process"], entry["job_exc_info"], entry["job_event"]) == ("mine", True, "x")
+    assert not {"process", "exc_info", "event"} & set(entry)
 
 
 def test_no_hook_without_orphans(graceshell, worker, tmp_path):

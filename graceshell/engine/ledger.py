@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 BUDGET_ENV = "GRACESHELL_BUDGET_S"
-# Keys a ledger entry may not use as they are: the log call's own arguments
-# and record fields (graceshell logs each orphaned job as key=value pairs).
-_RESERVED_KEYS = frozenset({"self", "event", "level", "timestamp"})
 # What graceshell reads of the ledger at exit. A worker that leaks ledger
 # files (or a hostile one) must not delay the exit report past the
 # platform's SIGKILL, nor make it a line of many megabytes: 20,000 entries
@@ -41,12 +38,53 @@ MAX_ORPHAN_BYTES = 4 * 1024 * 1024
 _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
 
 
-def entry_names(jobs_dir: str) -> list[str]:
-    """The ledger's job files, in order; dot-files are writes in progress."""
+def entry_names(jobs_dir: str, ordered: bool = True) -> list[str]:
+    """The ledger's job files, by name unless `ordered` is False; dot-files are writes in progress."""
     try:
-        return sorted(n for n in os.listdir(jobs_dir) if n.endswith(".json") and not n.startswith("."))
+        names = [n for n in os.listdir(jobs_dir) if n.endswith(".json") and not n.startswith(".")]
     except OSError:
         return []
+    return sorted(names) if ordered else names
+
+
+def read_entries(jobs_dir: str, now: float) -> tuple[list[dict[str, Any]], int]:
+    """The job files left in `jobs_dir`: one entry for each read (its id,
+    name, pid, running_s and all it holds), and how many more were left unread.
+
+    A corrupt, half-written, huge or symlinked file is reported as such,
+    never raised, and at most MAX_ENTRY bytes of it are read: the worker
+    wrote these files, graceshell must still exit with its report. At most
+    MAX_ORPHANS_READ files, or MAX_ORPHAN_BYTES in all, are read.
+    """
+    from graceshell.jobs import MAX_ENTRY
+    from graceshell.jsonfile import Unreadable, finite_number, parse_object, read_bytes
+    from graceshell.logs import RESERVED_KEYS
+
+    found: list[dict[str, Any]] = []
+    names = entry_names(jobs_dir)
+    bytes_read = 0
+    for index, name in enumerate(names):
+        if len(found) >= MAX_ORPHANS_READ or bytes_read >= MAX_ORPHAN_BYTES:
+            return found, len(names) - index
+        shown_name = os.fsencode(name).decode("utf-8", "backslashreplace")  # a name in no encoding
+        try:
+            raw = read_bytes(os.path.join(jobs_dir, name), MAX_ENTRY)
+            bytes_read += len(raw)
+            data = parse_object(raw)
+        except Unreadable as exc:
+            if exc.missing:
+                continue  # the job ended while the ledger was read
+            found.append({"id": None, "name": None, "pid": None, "running_s": None, "file": shown_name,
+                          "error": f"corrupt ledger file: {exc}"[:300]})
+            continue
+        started = finite_number(data.get("started_at"))
+        running = round(now - started, 3) if started is not None else None
+        # The job's own fields are reported too, renamed off the keys the log
+        # event itself uses (`event` would even break the log call).
+        extra = {(f"job_{key}" if key in RESERVED_KEYS else key): value for key, value in data.items()}
+        found.append({"id": data.get("id"), "name": data.get("name"), "pid": data.get("pid"), **extra,
+                      "running_s": running, "file": shown_name})
+    return found, 0
 
 
 def watch_directory(path: str) -> int | None:
@@ -129,49 +167,11 @@ class Ledger:
         finally:
             os.close(fd)
 
-    def _names(self) -> list[str]:
-        return entry_names(self.jobs_dir)
-
     def count(self) -> int:
-        return len(self._names())
+        return len(entry_names(self.jobs_dir, ordered=False))  # on every inotify wake: no sort
 
     def entries(self, now: float) -> tuple[list[dict[str, Any]], int]:
-        """The job files left: one entry for each read (its id, name, pid,
-        running_s and all it holds), and how many more were left unread.
-
-        A corrupt, half-written, huge or symlinked file is reported as such,
-        never raised, and at most MAX_ENTRY bytes of it are read: the worker
-        wrote these files, graceshell must still exit with its report. At
-        most MAX_ORPHANS_READ files, or MAX_ORPHAN_BYTES in all, are read.
-        """
-        from graceshell.jobs import MAX_ENTRY
-        from graceshell.jsonfile import Unreadable, finite_number, parse_object, read_bytes
-
-        found: list[dict[str, Any]] = []
-        names = self._names()
-        read_bytes_total = 0
-        for index, name in enumerate(names):
-            if len(found) >= MAX_ORPHANS_READ or read_bytes_total >= MAX_ORPHAN_BYTES:
-                return found, len(names) - index
-            shown_name = os.fsencode(name).decode("utf-8", "backslashreplace")  # a name in no encoding
-            try:
-                raw = read_bytes(os.path.join(self.jobs_dir, name), MAX_ENTRY)
-                read_bytes_total += len(raw)
-                data = parse_object(raw)
-            except Unreadable as exc:
-                if exc.missing:
-                    continue  # the job ended while the ledger was read
-                found.append({"id": None, "name": None, "pid": None, "running_s": None, "file": shown_name,
-                              "error": f"corrupt ledger file: {exc}"[:300]})
-                continue
-            started = finite_number(data.get("started_at"))
-            running = round(now - started, 3) if started is not None else None
-            # The job's own fields are reported too, except under the names the
-            # log event itself uses (`event` would even break the log call).
-            extra = {(f"job_{key}" if key in _RESERVED_KEYS else key): value for key, value in data.items()}
-            found.append({"id": data.get("id"), "name": data.get("name"), "pid": data.get("pid"), **extra,
-                          "running_s": running, "file": shown_name})
-        return found, 0
+        return read_entries(self.jobs_dir, now)
 
     def watch(self) -> int | None:
         """An inotify fd that becomes readable when a job starts or ends (Linux)."""
