@@ -205,18 +205,26 @@ def test_helpers_inside_graceshell(monkeypatch, tmp_path):
     assert 9 < shutdown.remaining() <= 10
 
 
-def test_the_pre_rendered_notice_is_the_json_of_the_notice():
-    from hypothesis import given, strategies as st
+def test_the_written_notice_is_the_json_of_the_notice(tmp_path, monkeypatch):
+    from hypothesis import given, settings, strategies as st
 
-    from graceshell.engine.ledger import render_notice
+    from graceshell.engine.ledger import Ledger
 
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    ledger = Ledger()
     stamp = st.floats(min_value=0, max_value=4e9, allow_nan=False)
 
+    @settings(max_examples=50, deadline=None)
     @given(signal=st.sampled_from(["TERM", "INT", "QUIT", "RTMIN+2", "64"]), received=stamp, deadline=stamp,
            platform=st.none() | stamp, step=st.integers(0, 20), escalated=st.none() | stamp)
     def same_as_json(signal, received, deadline, platform, step, escalated):
         notice = {"signal": signal, "received_at": round(received, 6), "deadline": round(deadline, 6),
                   "platform_deadline": platform, "step": step, "escalated_at": escalated}
-        assert json.loads(render_notice(notice)) == notice
+        ledger.write_notice(notice)
+        with open(ledger.shutdown_file) as written:
+            assert json.loads(written.read()) == notice
 
-    same_as_json()
+    try:
+        same_as_json()
+    finally:
+        ledger.remove()

@@ -326,7 +326,7 @@ class Supervisor:
         if self.stop_at is None:
             self.stop_at, self.stop_signal = now, signum
             self.first_signal = self.plan.first_signal(signum)
-            self._write_notice(signum)  # before the worker hears anything
+            self._write_notice(name)  # before the worker hears anything
             if self.main_status is None:
                 self._fire_step(now, log_stop=name)
             else:
@@ -359,11 +359,11 @@ class Supervisor:
             else:
                 self._escalate_leftovers(now)
 
-    def _write_notice(self, signum: int) -> None:
+    def _write_notice(self, signal_received: str) -> None:
         """The shutdown notice, at the first stop signal: the warm phase (step 0)."""
         received = time.time()
         timeout = self.plan.platform_timeout
-        self.notice = {"signal": signal_name(signum), "received_at": round(received, 6),
+        self.notice = {"signal": signal_received, "received_at": round(received, 6),
                        "deadline": round(received + self.plan.kill_at, 6),
                        "platform_deadline": round(received + timeout, 6) if timeout is not None else None,
                        "step": 0, "escalated_at": None}
