@@ -234,6 +234,9 @@ def test_a_budget_relative_first_step_that_fits_is_no_error(tmp_path):
     assert entry["errors"] == [] and entry["warm_phase_s"]["value"] == 3.0
     fly = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget-5s")["processes"][0]
     assert fly["errors"][0].startswith("QUIT@budget-5s falls on 0s")
+    spaced = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget - 5s")["processes"][0]
+    assert spaced["errors"][0].startswith("QUIT@budget - 5s falls on 0s")  # spelled as the ladder parser allows
+    assert spaced["errors"][0].endswith(fly["errors"][0].rsplit(";", 1)[1])  # the same advice
 
 
 def test_a_short_budget_halves_between_warm_phase_and_cold_step_and_says_so(tmp_path):

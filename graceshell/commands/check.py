@@ -6,9 +6,9 @@ from __future__ import annotations
 import shlex
 import signal
 
-from graceshell.durations import format_duration, parse_duration
-from graceshell.config.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE, cold_reserve,
-                               describe, resolve_offset)
+from graceshell.durations import format_duration
+from graceshell.config.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE,
+                                      budget_offset, cold_reserve, describe, resolve_offset)
 from graceshell.config.plan import make_plan, resolve_platform
 from graceshell.config.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
 from graceshell.config.settings import value_of
@@ -53,7 +53,7 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     specs: list[StepSpec] = list(value_of(settings, "ladder") or ())
     uses_reserve = any(_is_reserve(spec.at) for spec in specs)
     floor = value_of(settings, "cold_floor")
-    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(floor or DEFAULT_COLD_FLOOR)}"
+    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(DEFAULT_COLD_FLOOR if floor is None else floor)}"
                     f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)} "
                     "or half the budget")
     errors = collapse_errors(plan, specs, floor, budget_origin=settings["budget"].origin if "budget" in settings
@@ -90,13 +90,13 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     }
 
 
-def _is_reserve(at: object) -> bool:
-    return isinstance(at, str) and at.replace(" ", "").lower() == f"budget-{RESERVE}"
+def _is_reserve(at: str | float) -> bool:
+    return budget_offset(at) == RESERVE
 
 
-def _budget_relative(at: object) -> bool:
+def _budget_relative(at: str | float) -> bool:
     """`budget-5s` or `budget-reserve`: a step meant to come before the end, not at t=0."""
-    return isinstance(at, str) and at.strip().lower().startswith("budget-")
+    return budget_offset(at) not in (None, 0.0)
 
 
 def warm_phase(plan: RunPlan) -> float:
@@ -147,8 +147,8 @@ def _fix(plan: RunPlan, at: str, floor: float | None, budget_origin: object | No
 def _timeout_for_room(at: str, floor: float | None) -> float | None:
     """The shortest whole-second platform timeout whose default budget keeps
     what the step `at` asks for before the end, and as much again before it."""
-    wanted = (DEFAULT_COLD_FLOOR if floor is None else floor) if at.replace(" ", "").lower().endswith(RESERVE) \
-        else parse_duration(at.strip()[len("budget-"):])
+    kept = budget_offset(at)
+    wanted = (DEFAULT_COLD_FLOOR if floor is None else floor) if kept == RESERVE else kept
     for seconds in range(1, 301):
         budget = default_budget(float(seconds))
         kept = budget - resolve_offset(at, budget, cold_reserve(budget, floor))
@@ -244,7 +244,7 @@ def _sidekiq_timeout(plan: RunPlan) -> list[str]:
                 timeout = float(value)
             except ValueError:
                 return []
-    budget = plan.ladder[-1].at
+    budget = plan.kill_at
     room = budget - SIDEKIQ_ENSURE_GRACE
     if timeout is None or timeout <= room:
         return []

@@ -76,18 +76,30 @@ def cold_reserve(budget: float, floor: float | None = None) -> float:
     return min(budget / 2, max(floor, min(COLD_RESERVE_CAP, COLD_RESERVE_SHARE * budget)))
 
 
+def budget_offset(at: str | int | float) -> float | str | None:
+    """What a step written from the end keeps before the final KILL: seconds
+    for `budget-5s` (0.0 for `budget`), RESERVE for `budget-reserve`; None
+    for an absolute offset such as `20s`. ValueError when it is neither."""
+    if not (isinstance(at, str) and at.strip().lower().startswith("budget")):
+        return None
+    rest = at.strip()[len("budget"):].strip()
+    if not rest:
+        return 0.0
+    if not rest.startswith("-"):
+        raise ValueError(f"offset {shown(at)}: write budget-DURATION (e.g. budget-5s) or budget-reserve")
+    if rest[1:].strip().lower() == RESERVE:
+        return RESERVE
+    return parse_duration(rest[1:])
+
+
 def resolve_offset(at: str | int | float, budget: float, reserve: float | None = None) -> float:
     """Seconds for `20s`, `budget`, `budget-5s` or `budget-reserve`."""
-    if isinstance(at, str) and at.strip().lower().startswith("budget"):
-        rest = at.strip()[len("budget"):].strip()
-        if not rest:
-            return budget
-        if not rest.startswith("-"):
-            raise ValueError(f"offset {shown(at)}: write budget-DURATION (e.g. budget-5s) or budget-reserve")
-        if rest[1:].strip().lower() == RESERVE:
-            return max(0.0, budget - (cold_reserve(budget) if reserve is None else reserve))
-        return max(0.0, budget - parse_duration(rest[1:]))
-    return parse_duration(at)
+    kept = budget_offset(at)
+    if kept is None:
+        return parse_duration(at)
+    if kept == RESERVE:
+        kept = cold_reserve(budget) if reserve is None else reserve
+    return max(0.0, budget - kept)  # type: ignore[operator]
 
 
 def build_ladder(specs: list[StepSpec] | None, budget: float, reserve: float | None = None) -> tuple[Step, ...]:
