@@ -53,7 +53,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     specs: list[StepSpec] = list(value_of(settings, "ladder") or ())
     uses_reserve = any(_is_reserve(spec.at) for spec in specs)
     floor = value_of(settings, "cold_floor")
-    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(DEFAULT_COLD_FLOOR if floor is None else floor)}"
+    least = DEFAULT_COLD_FLOOR if floor is None else floor
+    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(least)}"
                     f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)} "
                     "or half the budget")
     errors = collapse_errors(plan, specs, floor, budget_origin=settings["budget"].origin if "budget" in settings
