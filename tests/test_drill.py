@@ -123,3 +123,13 @@ def test_an_event_that_lands_inside_a_worker_line_is_still_read(tmp_path):
     event = json_module.dumps({"event": "graceshell.escalate", "step": 1, "signal": "QUIT"})
     drill._echo_stderr(io.BytesIO(f"[worker 7] got TERM{event}\n\n".encode()))
     assert [item for _, item in drill.events] == [json_module.loads(event)]
+
+
+def test_a_second_signal_at_0s_is_part_of_the_warm_shutdown_not_the_cold_one(tmp_path):
+    """A ladder like Sidekiq's old TSTP-then-TERM sends both at 0s: neither is the cold shutdown."""
+    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "5s", "--after", "0.5s",
+                              "--ladder", "TSTP@0s,TERM@0s", "--", sys.executable, WORKER, str(tmp_path),
+                              "--ignore", "TSTP", "--exit-on", "TERM")
+    assert code == 0, err
+    steps = [e["what"] for e in result["timeline"] if e["kind"] == "step" and e["fired"]]
+    assert "TERM to the worker: step 2" in steps and not [s for s in steps if "cold" in s], steps

@@ -181,7 +181,8 @@ class Drill:
         code = shell_status(proc.returncode or 0)
         report = self.report or {}
         orphaned = report.get("orphaned_jobs", []) if self.wrap else []
-        orphan_count = len(orphaned) + (report.get("orphaned_jobs_unread", 0) if self.wrap else 0)  # named and not
+        unread = report.get("orphaned_jobs_unread", 0) if self.wrap else 0  # left in the ledger, not read
+        orphan_count = len(orphaned) + unread
         took = round(ended_at - stopped_at, 3) if stopped_at is not None else None
         # graceshell's final KILL took a process down: whatever that process
         # was doing outside the ledger died unseen, so that is no survival.
@@ -200,7 +201,8 @@ class Drill:
         elif orphaned:
             requeued = sum(1 for job in orphaned if job.get("requeued"))
             verdict = (f"stopped in {took}s, but {orphan_count} job(s) did not fit in the budget "
-                       f"({requeued} back in the queue, {orphan_count - requeued} not)")
+                       f"({requeued} back in the queue, {len(orphaned) - requeued} not"
+                       + (f", {unread} not read)" if unread else ")"))
         elif report.get("outcome") == "escalated":
             verdict = f"stopped in {took}s of {format_duration(self.timeout)}, at a later step of the ladder"
         else:
@@ -234,7 +236,9 @@ class Drill:
                 found.append(event(t, f"{item.get('signal')} to the worker: warm shutdown", "step"))
             elif name == "graceshell.escalate" and item.get("step") != "final":
                 index = int(item.get("step", 0))
-                last = index == len(ladder) - 2  # the step before the KILL is the cold one
+                # The step before the KILL is the cold one, unless it goes out with the warm one at 0s
+                # (sidekiq: TSTP, then TERM), as RunPlan.warm_signal reads the ladder.
+                last = index == len(ladder) - 2 and ladder[index]["at"] > 0
                 found.append(event(item.get("elapsed_s", t), f"{item.get('signal')} to the worker: "
                                    f"step {index + 1}{', cold shutdown' if last else ''}", "step"))
             elif name == "graceshell.escalate":
