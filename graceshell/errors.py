@@ -9,6 +9,7 @@ from __future__ import annotations
 USAGE_EXIT = 2  # usage and configuration errors
 NOT_EXECUTABLE_EXIT = 126
 NOT_FOUND_EXIT = 127
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: graceshell itself failed (run and start)
 
 # Files the user names (graceshell.yml, Procfile, .env) are a few hundred
 # bytes; the bound keeps a mistake such as `--env /dev/zero` from eating memory.

@@ -140,3 +140,38 @@ def test_bad_procfile_and_flags_are_one_line_exit_2(tmp_path):
     proc = start(tmp_path, "-p", "0")
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 2 and b"'--port': 0 is not in the range" in err and err.count(b"\n") == 1, err
+
+
+INTERNAL_ERROR = """
+import sys, time
+from graceshell.commands import start
+from graceshell.logs import make_logger
+
+def broken_loop(self, read_fd, stops):
+    time.sleep(1.0)  # every instance has started its tree
+    raise RuntimeError("a bug of ours")
+
+start.Starter._loop = broken_loop
+instances = [start.Instance(f"w.{n}", ["sh", "-c", f"sleep {sys.argv[1]} & sleep {sys.argv[1]}"], {}, "no", 5, "")
+             for n in (1, 2)]
+sys.exit(start.Starter(instances, make_logger("json"), sys.stdout.buffer, colour=False).run())
+"""
+
+
+def test_an_internal_error_kills_every_process_tree_it_started():
+    import psutil
+
+    marker = str(3000 + os.getpid() % 1000)  # a sleep length no other test uses
+    proc = subprocess.run([sys.executable, "-c", INTERNAL_ERROR, marker], env=clean_env(), capture_output=True,
+                          timeout=30)
+    assert proc.returncode == 70, proc.stderr
+    assert events(proc.stderr, "graceshell.internal_error")
+
+    def sleepers() -> list[int]:
+        found = []
+        for each in psutil.process_iter(["cmdline"]):
+            if each.info["cmdline"] == ["sleep", marker]:
+                found.append(each.pid)
+        return found
+
+    wait_for(lambda: not sleepers(), 5, "every sleep killed")

@@ -26,6 +26,7 @@ import subprocess
 import time
 
 from graceshell.engine.report import shell_status
+from graceshell.errors import INTERNAL_ERROR_EXIT
 from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -44,7 +45,6 @@ BACKOFF_RESET_AFTER = 10.0  # a run this long resets the backoff
 RESTART_PERIOD = 60.0
 DEFAULT_RESTART_LIMIT = 5
 MAX_PARTIAL_LINE = 64 * 1024  # a longer line is written out in pieces rather than held
-INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE, as for `run`
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95")
 
 
@@ -236,25 +236,17 @@ class Starter:
         return self._summary()
 
     def _kill_everything(self) -> None:
-        """SIGKILL each graceshell run and its tree, listed first: a dead
-        graceshell's descendants would go to init, out of reach."""
-        import psutil
+        """SIGKILL each graceshell run and its tree. tree.signal_descendants
+        lists the whole tree before it signals anyone: a dead graceshell's
+        descendants would go to init, out of reach."""
+        from graceshell.engine import tree
 
         for instance in self.instances:
             self._stop_guard(instance)
-            if instance.proc is None:
-                continue
-            try:
-                root = psutil.Process(instance.proc.pid)
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                procs = []
-            for proc in procs:
-                try:
-                    proc.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            instance.proc.wait()
+        tree.signal_descendants(signal.SIGKILL, until_gone=True)
+        for instance in self.instances:
+            if instance.proc is not None:
+                instance.proc.wait()
 
     def _loop(self, read_fd: int, stops: set[int]) -> None:
         while True:

@@ -25,6 +25,7 @@ from graceshell.engine.ledger import Ledger
 from graceshell.logs import LOG_FORMAT_ENV, LOG_LEVEL_ENV
 from graceshell.config.plan import RunPlan
 from graceshell.engine.report import build_report
+from graceshell.errors import INTERNAL_ERROR_EXIT
 from graceshell.signals import forwardable_signals, read_signals, signal_name, wakeup_pipe
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -53,7 +54,6 @@ IDLE_SETTLE = 0.5
 HOOK_TIMEOUT_WITHOUT_PLATFORM = 30.0
 # Kept free before the platform's deadline when the hook is bounded by it.
 HOOK_MARGIN = 0.5
-INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: graceshell itself failed
 # The sweep of run directories that kill -9'd graceshells left waits this
 # long, off the path of the worker's start and of short runs (which never
 # need it); workers are long-lived, so it happens in nearly every run.
