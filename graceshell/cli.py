@@ -16,14 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
+import click
+
 from graceshell.deferred import defer
-
-# Before structlog loads (after the spawn): it imports asyncio for async
-# logging methods graceshell never calls (deferred.py). click's `inspect`
-# cannot wait: its options clean their help text with it as they are built.
-defer("asyncio")
-
-import click  # noqa: E402
 
 from graceshell import __version__
 from graceshell.durations import parse_duration
@@ -265,14 +260,14 @@ def flag_layer(ctx: click.Context) -> dict[str, Setting]:
     """The settings given on the command line (or by their environment variables)."""
     from click.core import ParameterSource
 
+    envvars = {param.name: param.envvar for param in ctx.command.params}
     layer = {}
     for key in SETTING_FLAGS:
         value = ctx.params.get(key)
         if value is None or value == ():
             continue
         from_env = ctx.get_parameter_source(key) is ParameterSource.ENVIRONMENT
-        label = f"${LOG_FORMAT_ENV if key == 'log_format' else LOG_LEVEL_ENV}" if from_env \
-            else "--" + key.replace("_", "-")
+        label = f"${envvars[key]}" if from_env else "--" + key.replace("_", "-")
         layer[key] = Setting(dict(value) if key == "remap" else value, Origin(label))
     return layer
 
@@ -505,6 +500,10 @@ def _usage_line(exc: click.UsageError) -> str:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
+    # Before structlog loads (after the spawn): it imports asyncio for async
+    # logging methods graceshell never calls (deferred.py). click's `inspect`
+    # cannot wait: its options clean their help text with it as they are built.
+    defer("asyncio")
     args = sys.argv[1:] if argv is None else argv
     try:
         code = cli.main(args, prog_name=PROG, standalone_mode=False)

@@ -1,12 +1,10 @@
 """Standard-library modules imported on first use, not on `import`.
 
-click imports `inspect` and structlog imports `asyncio` when they load, but
-use them only inside functions graceshell never calls on its way to the
-worker's exec (click's help text) or at all (structlog's async methods).
-Together they cost tens of milliseconds of every worker start. A deferred
-module is a stand-in in `sys.modules`: `import inspect` binds the stand-in,
-and its first attribute lookup imports the real module, copies it into the
-stand-in and puts the real one back. Nothing is replaced, only postponed;
+structlog imports `asyncio` when it loads, but uses it only in async
+logging methods graceshell never calls; it costs about a quarter of a run's
+instructions. A deferred module is a stand-in in `sys.modules`: `import
+asyncio` binds the stand-in, and its first attribute lookup imports the
+real module, copies it into the stand-in and puts the real one back. Nothing is replaced, only postponed;
 code that does use the module gets the real thing, one import later.
 
 Only graceshell's own process defers anything: the worker is exec'd with

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
-    from graceshell.logs import Logger
+    from structlog.typing import FilteringBoundLogger as Logger
 
 BURST = 3  # events of one kind logged one by one before they are counted
 INTERVAL = 1.0  # seconds: the most often a summary is logged, and the quiet time that resets a kind
@@ -26,7 +26,6 @@ class RepeatSummary:
         self.logged: dict[str, int] = {}  # per kind, events logged one by one since it was last quiet
         self.last_at: dict[str, float] = {}
         self.counts: dict[str, int] = {}  # per kind, events counted since the last summary
-        self.counting_since: float | None = None
         self.flush_at: float | None = None  # when the loop must call flush: a deadline, not a poll
 
     def admit(self, now: float, kind: str) -> bool:
@@ -39,20 +38,18 @@ class RepeatSummary:
             return True
         self.counts[kind] = self.counts.get(kind, 0) + 1
         if self.flush_at is None:
-            self.counting_since = now
-            self.flush_at = now + self.interval
+            self.flush_at = now + self.interval  # counting began an interval before it
         return False
 
     def flush(self, now: float) -> None:
         """Log what was counted since the last summary (at flush_at, and at the end)."""
         if self.counts:
-            since = self.counting_since if self.counting_since is not None else now
+            since = self.flush_at - self.interval if self.flush_at is not None else now
             seconds = max(now - since, 1e-6)
             self.log.info(self.event, counts=dict(self.counts), seconds=round(seconds, 3),
                           per_second={kind: round(count / max(seconds, self.interval), 1)
                                       for kind, count in self.counts.items()})
         self.counts = {}
-        self.counting_since = None
         self.flush_at = None
 
     def flush_due(self, now: float) -> None:
