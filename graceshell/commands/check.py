@@ -228,9 +228,9 @@ def _sidekiq_timeout(plan: RunPlan) -> list[str]:
     must end 3 s before the KILL (without -t the integration fits it)."""
     if plan.preset != "sidekiq":
         return []
-    words = plan.argv[2:] if plan.argv[:2] == ["sh", "-c"] else plan.argv
-    if len(words) == 1:
-        words = shlex.split(words[0].removeprefix("exec "))
+    from graceshell.config.procfile import command_words
+
+    words = command_words(plan.argv)
     timeout = None
     for index, word in enumerate(words):
         value = None
@@ -256,20 +256,17 @@ def _sidekiq_timeout(plan: RunPlan) -> list[str]:
             f"use -t {int(max(room, 0.0))} or less, or leave -t out and graceshell fits it to the budget"]
 
 
-# The presets whose integration is a Ruby file loaded through RUBYOPT.
-RUBY_INTEGRATIONS = {"sidekiq": "ruby/sidekiq.rb", "delayed_job": "ruby/delayed_job.rb"}
-
-
 def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
     """A RUBYOPT of the user's own replaces the preset's, and with it the
     integration; Ruby splits RUBYOPT at spaces, so its path must have none."""
-    file = RUBY_INTEGRATIONS.get(plan.preset)
-    if file is None:
-        return []
     import os
 
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(package, "integrations", file)
+    from graceshell.config.presets import ruby_integration
+
+    path = ruby_integration(plan.preset)
+    if path is None:
+        return []
+    file = os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))  # ruby/sidekiq.rb
     if any(char.isspace() for char in path):
         return [f"graceshell is installed under a path with a space ({path}): Ruby splits RUBYOPT at spaces and "
                 f"cannot load graceshell's {plan.preset} integration; install graceshell elsewhere"]

@@ -146,6 +146,14 @@ def _package_paths(value: str) -> str:
     return value.replace("{integrations}", os.path.join(package, "integrations"))
 
 
+def ruby_integration(name: str) -> str | None:
+    """The path of the Ruby file preset `name` loads through RUBYOPT, as
+    installed; None for a preset without one."""
+    preset = PRESETS.get(name)
+    option = preset.env.get("RUBYOPT") if preset is not None and preset.env else None
+    return _package_paths(option)[len("-r"):] if option and option.startswith("-r") else None
+
+
 def preset_layer(name: str) -> dict[str, Setting]:
     """The settings a preset contributes, as the weakest configured layer."""
     preset = PRESETS[name]

@@ -99,6 +99,19 @@ def command_argv(command: str, where: str) -> list[str]:
     return ["sh", "-c", command]
 
 
+def command_words(argv: list[str]) -> list[str]:
+    """The words of the command `argv` runs, for reading its options: the
+    inverse of command_argv for `sh -c 'exec ...'`; a script's words as the
+    shell would split them, as far as shlex can tell (else none)."""
+    if argv[:2] != ["sh", "-c"] or len(argv) < 3:
+        return argv
+    try:
+        words = shlex.split(argv[2])
+    except ValueError:
+        return []
+    return words[1:] if words[:1] == ["exec"] else words
+
+
 def read_dotenv(path: str) -> dict[str, str]:
     return parse_dotenv(read_user_file(path, "env file not found"), path)
 

@@ -106,8 +106,9 @@ class Sources:
 
 def _runs_itself(argv: list[str], process_type: str) -> bool:
     """`worker: graceshell run worker` would start graceshell again and again."""
-    words = argv[2].split() if argv[:2] == ["sh", "-c"] else argv
-    words = words[1:] if words[:1] == ["exec"] else words
+    from graceshell.config.procfile import command_words
+
+    words = command_words(argv)
     return (bool(words) and os.path.basename(words[0]) == "graceshell" and "run" in words
             and words[-1] == process_type and "--" not in words)
 
