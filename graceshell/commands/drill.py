@@ -286,6 +286,7 @@ class LedgerWatch:
         self.jobs_dir = jobs_dir
         self.changes: list[dict[str, Any]] = []
         self.seen: dict[str, dict[str, Any]] = {}  # file -> its entry
+        self.versions: dict[str, tuple[int, int, int]] = {}  # file -> inode, mtime and size when it was read
         self.started_at = 0.0
         self.fd: int | None = None
         self.wake_r, self.wake_w = os.pipe()
@@ -322,16 +323,14 @@ class LedgerWatch:
     def _loop(self) -> None:
         import select
 
+        from graceshell.engine.ledger import drain
+
         assert self.fd is not None
         while True:
             ready, _, _ = select.select([self.fd, self.wake_r], [], [])
             if self.wake_r in ready:
                 return
-            try:
-                while os.read(self.fd, 65536):
-                    pass
-            except OSError:  # drained
-                pass
+            drain(self.fd)
             self._scan(first=False)
 
     def _scan(self, *, first: bool) -> None:
@@ -343,15 +342,25 @@ class LedgerWatch:
         from graceshell.jobs import MAX_ENTRY
         from graceshell.jsonfile import Unreadable, read_object
 
-        names = set(entry_names(self.jobs_dir))
+        names = set(entry_names(self.jobs_dir, ordered=False))
         for name in set(self.seen) - names:
             self.changes.append({"t": now, "file": name, "what": "finished", "label": _job_label(self.seen[name])})
             del self.seen[name]
+            self.versions.pop(name, None)
         for name in names:
+            path = os.path.join(self.jobs_dir, name)
             try:
-                entry = read_object(os.path.join(self.jobs_dir, name), MAX_ENTRY)
+                info = os.stat(path, follow_symlinks=False)
+            except OSError:
+                continue
+            version = (info.st_ino, info.st_mtime_ns, info.st_size)
+            if self.versions.get(name) == version:
+                continue  # unchanged since it was read: the writers replace an entry, never edit it in place
+            try:
+                entry = read_object(path, MAX_ENTRY)
             except Unreadable:
                 continue
+            self.versions[name] = version
             before = self.seen.get(name)
             if before is None and not first:
                 self.changes.append({"t": now, "file": name, "what": "started", "label": _job_label(entry)})

@@ -87,6 +87,16 @@ def read_entries(jobs_dir: str, now: float) -> tuple[list[dict[str, Any]], int]:
     return found, 0
 
 
+def drain(watch_fd: int) -> None:
+    """Read what a watch_directory fd holds: its events only say "look again"."""
+    while True:
+        try:
+            if not os.read(watch_fd, 65536):
+                return
+        except OSError:  # BlockingIOError: drained
+            return
+
+
 def watch_directory(path: str) -> int | None:
     """A non-blocking inotify fd, readable when a file appears in `path`, leaves
     it or is renamed in or out (Linux); None where there is none."""
@@ -164,14 +174,8 @@ class Ledger:
         return self.watch_fd
 
     def drain_watch(self) -> None:
-        if self.watch_fd is None:
-            return
-        while True:
-            try:
-                if not os.read(self.watch_fd, 65536):
-                    return
-            except OSError:  # BlockingIOError: drained
-                return
+        if self.watch_fd is not None:
+            drain(self.watch_fd)
 
     def remove(self) -> None:
         for fd in (self.watch_fd, self.notice_fd):
