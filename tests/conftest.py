@@ -11,6 +11,8 @@ from typing import Any
 import psutil
 import pytest
 
+from graceshell.engine.guard import NAME as GUARD_NAME
+
 WORKER = str(Path(__file__).with_name("worker.py"))
 PLATFORM_VARS = ("DYNO", "RENDER", "RENDER_INSTANCE_ID", "RENDER_SERVICE_ID", "FLY_APP_NAME", "FLY_MACHINE_ID",
                  "RAILWAY_REPLICA_ID", "RAILWAY_DEPLOYMENT_ID", "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
@@ -34,9 +36,15 @@ def alive(pid: int) -> bool:
 def is_guard(proc: psutil.Process) -> bool:
     """graceshell's own guard process (argv[0] graceshellguard), no part of the worker's tree."""
     try:
-        return proc.cmdline()[:1] == ["graceshellguard"]
+        return proc.cmdline()[:1] == [GUARD_NAME]
     except psutil.Error:  # a zombie, or gone
         return False
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory) -> Path:
+    """One directory for a module's generated inputs (the fuzz tests write thousands of examples)."""
+    return tmp_path_factory.mktemp("fuzz")
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:

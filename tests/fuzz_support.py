@@ -34,7 +34,6 @@ SCALE = 1 if PROFILE == "ci" else 40 if PROFILE == "long" else max(int(_CHOICE) 
 _COMMON = dict(deadline=None, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                       HealthCheck.filter_too_much])
-settings.register_profile("ci", derandomize=True, **_COMMON)
 settings.register_profile(PROFILE, derandomize=PROFILE == "ci", **_COMMON)
 settings.load_profile(PROFILE)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import alive, clean_env, is_guard, wait_for
+from conftest import GUARD_NAME, alive, clean_env, is_guard, wait_for
 from graceshell.config.plan import make_plan
 from graceshell.config.presets import preset_layer
 from graceshell.config.settings import Origin, Setting
@@ -25,12 +25,6 @@ def run_dirs(base: Path) -> list[Path]:
     return [p for p in base.iterdir() if p.name.startswith("graceshell-")]
 
 
-def started(run) -> dict:
-    """graceshell's start event (the worker may be ready before it is written)."""
-    wait_for(lambda: '"graceshell.start"' in run.stderr(), 10, "graceshell.start")
-    return run.event("graceshell.start")
-
-
 def kill_9(run) -> None:
     os.kill(run.pid, signal.SIGKILL)
     run.proc.wait(5)
@@ -40,7 +34,7 @@ def test_kill_9_of_graceshell_sends_the_worker_its_warm_signal(graceshell, worke
     base = private_tmp(tmp_path)
     run = graceshell("--platform", "none", "--log-format", "json", *worker(), env=clean_env(TMPDIR=str(base)))
     pid = run.ready()["pid"]
-    assert started(run)["parent_death_signal"] == "TERM"
+    assert run.event("graceshell.start")["parent_death_signal"] == "TERM"
     killed = time.monotonic()
     kill_9(run)
     wait_for(lambda: not alive(pid), 5, "the worker to go with graceshell")
@@ -63,7 +57,7 @@ def test_a_worker_that_ignores_the_warm_signal_needs_kill_as_its_parent_death_si
     config.write_text("defaults:\n  parent_death_signal: KILL\n")
     run = graceshell("--platform", "none", "--log-format", "json", "--config", str(config), *worker("--ignore", "TERM"))
     pid = run.ready()["pid"]
-    assert started(run)["parent_death_signal"] == "KILL"
+    assert run.event("graceshell.start")["parent_death_signal"] == "KILL"
     kill_9(run)
     wait_for(lambda: not alive(pid), 2.0, "the worker to be killed with graceshell")
 
@@ -72,7 +66,6 @@ def test_a_worker_that_ignores_the_warm_signal_hears_it_and_stays(graceshell, wo
     """The default trusts the worker's warm shutdown; one that ignores TERM outlives graceshell (documented)."""
     run = graceshell("--platform", "none", "--log-format", "json", *worker("--ignore", "TERM"))
     pid = run.ready()["pid"]
-    started(run)
     kill_9(run)
     try:
         wait_for(lambda: run.names(pid) == ["TERM"], 5, "the worker to hear TERM")
@@ -168,7 +161,6 @@ def test_a_storm_of_signals_loses_no_stop_and_does_not_flood_the_log(graceshell,
     run = graceshell("--platform", "none", "--log-format", "json", "--second-signal", "forward",
                      *worker("--ignore", "HUP,USR1,TERM", "--exit-on", "QUIT:3"))
     pid = run.ready()["pid"]
-    started(run)
     sender = subprocess.run([sys.executable, "-c", SENDER, str(run.pid), str(STORM)], timeout=60)
     assert sender.returncode == 0
     wait_for(lambda: {"HUP", "USR1", "TERM"} <= set(run.names(pid)), 10, "each kind at the worker")
@@ -271,7 +263,7 @@ def test_either_guard_signals_the_worker_when_its_graceshell_dies(kind):
             except psutil.Error:
                 return ""
 
-        wait_for(lambda: named() == "graceshellguard", 5, "the guard's name")
+        wait_for(lambda: named() == GUARD_NAME, 5, "the guard's name")
         assert alive(worker_pid)
         proc.stdin.close()
         proc.wait(5)

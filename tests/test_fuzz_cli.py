@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
-import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -24,12 +22,6 @@ from fuzz_support import (DURATIONS, EXAMPLE_CONFIG, EXAMPLE_PROCFILE, SIGNALS, 
                           count, examples, graceshell, mutated, nasty_text)
 
 DOTENV = "# the worker's settings\nexport A=1\nB='two words'\nC=\"line\\nbreak\" # comment\n"
-
-
-@pytest.fixture(scope="module")
-def scratch() -> Path:
-    with tempfile.TemporaryDirectory(prefix="graceshell-fuzz-") as directory:
-        yield Path(directory)
 
 
 def _lay_out(directory: Path, files: dict[str, bytes | None]) -> None:

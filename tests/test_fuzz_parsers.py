@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,6 @@ from graceshell.config.settings import merge
 from graceshell.signals import parse_signal
 
 VALID_SIGNALS = {int(s) for s in signal.valid_signals()}
-
-
-@pytest.fixture(scope="module")
-def scratch() -> Path:
-    with tempfile.TemporaryDirectory(prefix="graceshell-fuzz-") as directory:
-        yield Path(directory)
 
 
 def _check_config(path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +90,6 @@ def _clear(directory: Path) -> None:
             entry.rmdir()
         else:
             entry.unlink()
-
-
-@pytest.fixture(scope="module")
-def scratch() -> Path:
-    with tempfile.TemporaryDirectory(prefix="graceshell-fuzz-") as directory:
-        yield Path(directory)
 
 
 @pytest.fixture(scope="module")

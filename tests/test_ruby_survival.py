@@ -242,12 +242,6 @@ def run_delayed_job(scenario: Scenario, workdir: Path, seconds: float, raise_on_
 
 # -- all scenarios at once ------------------------------------------------------------------------
 
-SIDEKIQ_PARAMS = [(timeout, broadcast, wrapped) for timeout in (10, 30) for broadcast in ("all", "group")
-                  for wrapped in (True, False)]
-DELAYED_JOB_PARAMS = [(length, broadcast, wrapped) for length in ("short", "long") for broadcast in ("all", "group")
-                      for wrapped in (True, False)]
-RAISE_ON_TERM_PARAMS = [(length, wrapped) for length in ("short", "long") for wrapped in (True, False)]
-
 
 def scenario_of(item: pytest.Item) -> Scenario | None:
     params = getattr(getattr(item, "callspec", None), "params", {})
