@@ -41,6 +41,23 @@ def is_guard(proc: psutil.Process) -> bool:
         return False
 
 
+GRACESHELL = [sys.executable, "-m", "graceshell"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """One `graceshell ARGS...` to its end, its output as text; the test environment unless `env`."""
+    return subprocess.run([*GRACESHELL, *args], cwd=cwd, env=env if env is not None else clean_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def check_json(cwd: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`graceshell check --json ARGS...` in `cwd`, which must succeed."""
+    proc = run_cli("check", "--json", *args, cwd=cwd, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory) -> Path:
     """One directory for a module's generated inputs (the fuzz tests write thousands of examples)."""

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from conftest import GRACESHELL
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = (ROOT / "examples" / "graceshell.yml").read_text()
@@ -73,7 +74,6 @@ def assert_one_line(message: str, file: str | None = None, limit: int | None = M
         assert re.match(re.escape(file) + r"(:\d+)?: \S", message), f"error does not name {file}: {message!r}"
 
 
-GRACESHELL = [sys.executable, "-m", "graceshell"]
 SUBPROCESS_TIMEOUT = 60.0
 
 

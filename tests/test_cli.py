@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_env
-
-GRACESHELL = [sys.executable, "-m", "graceshell"]
-
+from conftest import GRACESHELL, clean_env, run_cli
 
 def graceshell(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*GRACESHELL, *args], capture_output=True, text=True, cwd=cwd,
-                          env=env if env is not None else clean_env(), timeout=30)
+    return run_cli(*args, cwd=cwd, env=env)
 
 
 # -- usage errors ---------------------------------------------------------------------------------

@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_env
+from conftest import GRACESHELL, check_json, clean_env, run_cli
 from graceshell.config.procfile import command_argv, parse_dotenv, parse_procfile
 
-GRACESHELL = [sys.executable, "-m", "graceshell"]
 WORKER = str(Path(__file__).with_name("worker.py"))
 
 
 def graceshell(tmp: Path, *args: str, env: dict | None = None, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run([*GRACESHELL, *args], cwd=tmp, env=env or clean_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_cli(*args, cwd=tmp, env=env, timeout=timeout)
 
 
 def write(tmp: Path, name: str, text: str) -> None:
@@ -124,12 +122,6 @@ def test_matrix_is_large_enough():
 
 
 # -- precedence and presets ------------------------------------------------------------------
-
-def check_json(tmp: Path, *args: str, env: dict | None = None) -> dict:
-    proc = graceshell(tmp, "check", "--json", *args, env=env)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
 
 def test_precedence_flags_section_defaults_preset_platform(tmp_path):
     write(tmp_path, "Procfile", "worker: celery -A app worker\nweb: gunicorn app\n")

@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import clean_env, wait_for
+from conftest import check_json, clean_env, wait_for
 
 try:
     import tomllib
@@ -39,10 +39,7 @@ def check(tmp: Path, command: str, env: dict[str, str], name: str = "worker") ->
     workdir = tmp / f"check-{name}"
     workdir.mkdir()
     (workdir / "Procfile").write_text(f"{name}: {command}\n")
-    result = subprocess.run([sys.executable, "-m", "graceshell", "check", "--json", name], cwd=workdir,
-                            env=clean_env(**env), capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, f"graceshell check failed on {command!r}:\n{result.stderr}"
-    (entry,) = json.loads(result.stdout)["processes"]
+    (entry,) = check_json(workdir, name, env=clean_env(**env))["processes"]
     return entry
 
 

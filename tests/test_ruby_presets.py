@@ -1,27 +1,19 @@
 """The sidekiq and delayed_job presets: their Ruby files, their environment
 and what `graceshell check` says about them (no Ruby needed)."""
 
-import json
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import clean_env
+from conftest import GRACESHELL, check_json, clean_env
 from graceshell.config.presets import preset_layer
-
-GRACESHELL = [sys.executable, "-m", "graceshell"]
-
 
 def check(tmp: Path, procfile: str, *args: str, env: dict | None = None) -> dict:
     (tmp / "Procfile").write_text(procfile)
-    proc = subprocess.run([*GRACESHELL, "check", "--json", *args], cwd=tmp, env=env or clean_env(),
-                          capture_output=True, text=True, timeout=20)
-    assert proc.returncode == 0, proc.stderr
-    return {entry["process"]: entry for entry in json.loads(proc.stdout)["processes"]}
+    return {entry["process"]: entry for entry in check_json(tmp, *args, env=env)["processes"]}
 
 
 @pytest.mark.parametrize("preset", ["sidekiq", "delayed_job"])
