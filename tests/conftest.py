@@ -64,6 +64,24 @@ def scratch(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """`proc` and every process under it, SIGKILLed (listed first) if it is still running: none may
+    outlive the test."""
+    if proc.poll() is not None:
+        return
+    try:
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for each in tree:
+        try:
+            each.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(5)
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll `predicate` until it is truthy. A process that ends while the predicate looks at it
     (psutil's NoSuchProcess between a listing and a status) is a moment of the race being waited
@@ -140,17 +158,7 @@ class Run:
         return self.event("graceshell.exit")
 
     def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                tree = psutil.Process(self.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                tree = []
-            for proc in [psutil.Process(self.pid), *tree]:
-                try:
-                    proc.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            self.proc.wait(5)
+        kill_tree(self.proc)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from conftest import kill_tree
+
 BIN = Path(sys.executable).parent
 PLATFORM = ["--platform", "heroku", "--platform-timeout", "10s"]  # budget 8s
 SHORT, LONG = 1.5, 60.0
@@ -28,20 +30,7 @@ def drill(tmp: Path, args: list[str], env: dict, *, timeout: float | None = None
 
 def stop_drill(proc: subprocess.Popen) -> None:
     """On a failure, the drill and every worker process under it: none may outlive the test."""
-    import psutil
-
-    if proc.poll() is not None:
-        return
-    try:
-        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    for each in procs:
-        try:
-            each.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
+    kill_tree(proc)
 
 
 def finish(proc: subprocess.Popen) -> dict:
