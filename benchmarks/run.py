@@ -524,12 +524,7 @@ def main() -> None:
                           f"p99 {value['p99']:9.3f}  (n={value['n']})")
                 else:
                     print(f"  {label:<38} {json.dumps(value)}")
-    up = report["start-up, wall ms"]
-    assert isinstance(up, dict)
-    if "honcho run true" in up and "graceshell true" in up:
-        print(f"\ngraceshell run -- true vs honcho run true: "
-              f"{ratio(up['graceshell true']['median'], up['honcho run true']['median'])}")
-    print_targets(report)
+    print_targets(report)  # graceshell run -- true against honcho run true among them
     thru = report["start output throughput"]
     assert isinstance(thru, dict)
     if "honcho start" in thru and "graceshell start" in thru:
