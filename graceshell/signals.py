@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import signal
 
-# Faults raised by the CPU for graceshell itself: catching them would hide a
-# crash of ours, and nobody sends them to ask a worker to do something.
-_SYNCHRONOUS_FAULTS = frozenset(
-    {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP,
-     signal.SIGSYS, signal.SIGABRT}
-)
-_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+# Signals the kernel raises for a process's own fault: nobody sends them to
+# ask a worker to do something, so none can start a stop.
+FAULT_SIGNALS = frozenset(int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                                           signal.SIGTRAP, signal.SIGSYS))
+# ...and with abort(3), the ones graceshell leaves at their defaults:
+# catching them would hide a crash of its own.
+_SYNCHRONOUS_FAULTS = FAULT_SIGNALS | {int(signal.SIGABRT)}
+UNCATCHABLE = frozenset({int(signal.SIGKILL), int(signal.SIGSTOP)})
 
 DEFAULT_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
@@ -21,7 +22,7 @@ def forwardable_signals() -> frozenset[int]:
     the uncatchable ones, and SIGCHLD (which is graceshell's own business)."""
     return frozenset(
         int(s) for s in signal.valid_signals()
-        if s not in _SYNCHRONOUS_FAULTS and s not in _UNCATCHABLE and s != signal.SIGCHLD
+        if s not in _SYNCHRONOUS_FAULTS and s not in UNCATCHABLE and s != signal.SIGCHLD
     )
 
 

@@ -15,7 +15,7 @@ from graceshell.errors import UsageError
 from graceshell.config.ladder import LadderError, Step, build_ladder, cold_reserve
 from graceshell.config.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
 from graceshell.config.settings import Origin, Setting, value_of
-from graceshell.signals import DEFAULT_STOP_SIGNALS
+from graceshell.signals import DEFAULT_STOP_SIGNALS, FAULT_SIGNALS, UNCATCHABLE, signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
@@ -84,12 +84,6 @@ class RunPlan:
         return self.ladder[0].signal if self.ladder[0].signal is not None else received
 
 
-# Signals the kernel raises for a process's own fault: graceshell leaves
-# them at their defaults, so they can never start a stop.
-_FAULT_SIGNALS = frozenset(int(s) for s in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
-                                            signal.SIGTRAP, signal.SIGSYS))
-
-
 def _where(settings: Mapping[str, Setting], key: str, flag: str) -> Origin:
     setting = settings.get(key)
     return setting.origin if setting is not None else Origin(flag)
@@ -144,9 +138,9 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         raise UsageError(f"{settings['second_signal'].origin}: {second_signal!r} is not one of "
                          f"{', '.join(SECOND_SIGNAL_POLICIES)}")
     stops = value_of(settings, "stop_signals") or frozenset(int(s) for s in DEFAULT_STOP_SIGNALS)
-    if signal.SIGKILL in stops or signal.SIGSTOP in stops:
+    if stops & UNCATCHABLE:
         raise UsageError(f"{settings['stop_signals'].origin}: KILL and STOP cannot be caught")
-    faults = sorted(signal.Signals(s).name[3:] for s in stops & _FAULT_SIGNALS)
+    faults = sorted(signal_name(s) for s in stops & FAULT_SIGNALS)
     if faults:
         raise UsageError(f"{settings['stop_signals'].origin}: {', '.join(faults)} report a fault in the process "
                          "that gets them, not a request to stop; use TERM, INT, QUIT, HUP or a USR signal")
@@ -179,8 +173,6 @@ def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "js
     """`graceshell run` with every resolved setting of `plan` spelled out as
     flags: how drill and start put a worker under its own graceshell."""
     import sys
-
-    from graceshell.signals import signal_name
 
     argv = [sys.executable, "-m", "graceshell", "run", "--log-format", log_format, "--name", plan.name,
             "--platform", plan.platform.name, "--budget", f"{plan.budget}s",
