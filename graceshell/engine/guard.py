@@ -153,6 +153,8 @@ def _set_name() -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(_PR_SET_NAME, ctypes.c_char_p(NAME.encode()), 0, 0, 0)
+        from graceshell.engine.tree import libc
+
+        libc().prctl(_PR_SET_NAME, ctypes.c_char_p(NAME.encode()), 0, 0, 0)
     except (OSError, AttributeError):
         pass

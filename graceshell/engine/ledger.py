@@ -102,13 +102,12 @@ def watch_directory(path: str) -> int | None:
     it or is renamed in or out (Linux); None where there is none."""
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
+    from graceshell.engine.tree import libc
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = libc().inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
     if fd < 0:
         return None
-    if libc.inotify_add_watch(fd, path.encode(), _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO) < 0:
+    if libc().inotify_add_watch(fd, path.encode(), _IN_CREATE | _IN_DELETE | _IN_MOVED_FROM | _IN_MOVED_TO) < 0:
         os.close(fd)
         return None
     return fd
@@ -120,12 +119,20 @@ class Ledger:
 
         root = rundir.create(rundir.base_dir())
         self.root = root
-        self.lock_fd = rundir.claim(root)  # held until the directory is gone: it proves this run alive
+        self.lock_fd: int | None = None  # see claim
         self.jobs_dir = os.path.join(root, "jobs")
         os.mkdir(self.jobs_dir, 0o700)
         self.shutdown_file = os.path.join(root, "shutdown.json")
         self.watch_fd: int | None = None
         self.notice_fd: int | None = None  # the next notice's temporary file, opened ahead
+
+    def claim(self) -> None:
+        """Lock the run directory until it is gone: the lock proves this run
+        alive to other graceshells' sweeps. Taken once the worker runs: a
+        directory younger than rundir.MIN_AGE is never swept anyway."""
+        from graceshell.engine import rundir
+
+        self.lock_fd = rundir.claim(self.root)
 
     def sweep_stale(self, resume: str | None = None) -> tuple[list[str], str | None]:
         """Remove the run directories of graceshells that died without cleaning

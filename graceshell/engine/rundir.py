@@ -26,7 +26,6 @@ import time
 PREFIX = "graceshell-"
 _TOKEN_DIGITS = 16  # hex digits of the random part; other names predate the lock and are left alone
 _ATTEMPTS = 10
-_LOCK_EX, _LOCK_NB = 2, 4  # flock(2)
 # A directory younger than this is never swept, whatever its lock says: it
 # may be between its mkdir and its flock, in another pid namespace.
 MIN_AGE = 10.0
@@ -65,11 +64,7 @@ def _is_dir(mode: int) -> bool:
 
 
 def claim(root: str) -> int | None:
-    """Hold an exclusive flock on `root` for as long as this process lives; its fd.
-
-    Taken right after the mkdir, before the worker is spawned, through
-    ctypes (already loaded for the subreaper) rather than an import of fcntl.
-    """
+    """Hold an exclusive flock on `root` for as long as this process lives; its fd."""
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -81,10 +76,14 @@ def claim(root: str) -> int | None:
 
 
 def _try_lock(fd: int) -> bool:
-    """flock(fd, LOCK_EX | LOCK_NB) through ctypes: True when this process now holds it."""
-    import ctypes
+    """flock(fd, LOCK_EX | LOCK_NB): True when this process now holds it."""
+    import fcntl
 
-    return ctypes.CDLL(None, use_errno=True).flock(fd, _LOCK_EX | _LOCK_NB) == 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: another process holds it
+        return False
+    return True
 
 
 def _owner_pid(name: str) -> int | None:

@@ -165,6 +165,7 @@ class Supervisor:
             except OSError:  # kernels before 5.3
                 self.pidfd = None
         # After the spawn, so that none of this delays the worker's start.
+        self.ledger.claim()
         from graceshell.engine.guard import start as start_guard
 
         if not _has_exited(self.pid):  # a worker that is already gone (`true`) needs no guard

@@ -25,16 +25,26 @@ _HELPERS: set[int] = set()
 # Rounds of "find the living, kill them" before giving up: each round catches
 # children forked between the previous scan and its kill.
 _KILL_ROUNDS = 20
+_libc: Any = None  # see libc()
+
+
+def libc() -> Any:
+    """The C library through ctypes, for the calls the os module lacks (prctl,
+    inotify); loaded once."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
 
 
 def become_subreaper() -> bool:
     """Adopt orphaned descendants (Linux only); False where unsupported."""
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 def spawn_worker(argv: list[str], env: dict[str, str], reset: frozenset[int]) -> int:
