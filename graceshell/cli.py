@@ -24,6 +24,8 @@ from graceshell import __version__
 from graceshell.durations import parse_duration
 from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError, one_line
 from graceshell.logs import FORMATS, LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV
+from graceshell.config.platforms import PLATFORMS
+from graceshell.config.presets import PRESETS
 from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import parse_signal
 
@@ -152,19 +154,13 @@ def _ladder(text: str) -> list[Any]:
 class _PresetName(click.ParamType):
     name = "preset"
 
-    def _names(self) -> list[str]:
-        from graceshell.config.presets import PRESETS
-
-        return list(PRESETS)
-
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value not in self._names():
-            self.fail(f"unknown preset {value!r} (known: {', '.join(self._names())})", param, ctx)
+        if value not in PRESETS:
+            self.fail(f"unknown preset {value!r} (known: {', '.join(PRESETS)})", param, ctx)
         return value
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-        return [click.shell_completion.CompletionItem(name) for name in self._names()
-                if name.startswith(incomplete)]
+        return [click.shell_completion.CompletionItem(name) for name in PRESETS if name.startswith(incomplete)]
 
 
 class _PlatformName(click.ParamType):
@@ -177,8 +173,6 @@ class _PlatformName(click.ParamType):
         return value
 
     def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-        from graceshell.config.platforms import PLATFORMS
-
         return [click.shell_completion.CompletionItem(name) for name in PLATFORMS if name.startswith(incomplete)]
 
 
@@ -215,11 +209,9 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                      help="env file for the worker, repeatable (default: ./.env when present); the real "
                           "environment wins"),
         click.option("--preset", metavar="NAME", type=_PresetName(),
-                     help="worker preset: generic, celery, rq, dramatiq, huey, arq, sidekiq, resque, delayed_job, "
-                          "gunicorn, uvicorn (default: generic)"),
+                     help=f"worker preset: {', '.join(PRESETS)} (default: generic)"),
         click.option("--platform", metavar="NAME", type=_PlatformName(),
-                     help="heroku, render, fly, railway, cloudrun, ecs, kubernetes, systemd, docker, none "
-                          "(default: detected)"),
+                     help=f"{', '.join(PLATFORMS)} (default: detected)"),
         click.option("--platform-timeout", metavar="DUR", type=DURATION,
                      help="how long the platform waits after its stop signal before its SIGKILL"),
         click.option("--budget", metavar="DUR", type=DURATION,
