@@ -69,3 +69,32 @@ def test_start_passes_the_sidekiq_presets_environment_to_each_process(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (line,) = [line for line in proc.stdout.splitlines() if "RUBYOPT=" in line]
     assert line.endswith("/ruby/sidekiq.rb"), line
+
+
+@pytest.mark.parametrize("kind", ["notice", "huge", "fifo", "symlink", "missing", "not json"])
+def test_the_ruby_notice_reader_reads_only_a_small_regular_file(tmp_path, kind):
+    """Like graceshell.shutdown: a reader inside a signal trap must never hang, follow a link or read a gigabyte."""
+    import shutil
+
+    if shutil.which("ruby") is None:
+        if os.environ.get("CI"):
+            pytest.fail("ruby missing: .ci/run installs it (tools/install-test-deps)")
+        pytest.skip("ruby not installed (bash tools/install-test-deps)")
+    notice = tmp_path / "shutdown.json"
+    real = tmp_path / "real.json"
+    real.write_text('{"step": 1}')
+    if kind == "notice":
+        notice.write_text('{"step": 1}')
+    elif kind == "huge":
+        notice.write_text(" " * (64 * 1024) + '{"step": 1}')
+    elif kind == "fifo":
+        os.mkfifo(notice)
+    elif kind == "symlink":
+        notice.symlink_to(real)
+    elif kind == "not json":
+        notice.write_bytes(b"\xff{")
+    library = Path(preset_layer("sidekiq")["env"].value["RUBYOPT"][2:]).with_name("graceshell.rb")
+    proc = subprocess.run(["ruby", f"-r{library}", "-e", "print Graceshell.escalated?"], capture_output=True,
+                          text=True, timeout=10, env=clean_env(GRACESHELL_SHUTDOWN_FILE=str(notice)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ("true" if kind == "notice" else "false")

@@ -21,6 +21,7 @@ module Graceshell
   JOBS_DIR_ENV = "GRACESHELL_JOBS_DIR"
   SHUTDOWN_FILE_ENV = "GRACESHELL_SHUTDOWN_FILE"
   BUDGET_ENV = "GRACESHELL_BUDGET_S"
+  MAX_NOTICE = 64 * 1024 # bytes, as graceshell.shutdown reads the notice
 
   module_function
 
@@ -41,7 +42,16 @@ module Graceshell
     path = ENV[SHUTDOWN_FILE_ENV]
     return nil if path.nil? || path.empty?
 
-    data = JSON.parse(File.read(path))
+    # As the Python reader: never follow a symlink nor wait on a FIFO put
+    # there, and read a bounded amount.
+    text = File.open(path, File::RDONLY | File::NONBLOCK | File::NOFOLLOW) do |file|
+      return nil unless file.stat.file?
+
+      file.read(MAX_NOTICE + 1)
+    end
+    return nil if text.nil? || text.bytesize > MAX_NOTICE
+
+    data = JSON.parse(text)
     data.is_a?(Hash) ? data : nil
   rescue SystemCallError, IOError, JSON::ParserError
     nil
