@@ -45,6 +45,7 @@ from arq.worker import Worker as _ArqWorker
 
 from graceshell import jobs, shutdown
 from graceshell.logs import logger_from_environment
+from graceshell.signals import signal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,11 +103,11 @@ class Worker(_ArqWorker):
         return self._stop_under_graceshell(signum)
 
     def _stop_under_graceshell(self, signum: Signals) -> None:
-        name = getattr(signum, "name", str(signum))
+        name = signal_name(signum)
         if shutdown.escalated():
             running = [job_id for job_id, task in self.tasks.items() if not task.done()]
             _log().warning("graceshell.arq.cold_shutdown", signal=name, jobs=running,
-                                           requeued=bool(self.retry_jobs))
+                           requeued=bool(self.retry_jobs))
             super().handle_sig(signum)  # cancel the running jobs; arq retries them
         elif not self._graceshell_warm:
             self._graceshell_warm = True
@@ -114,7 +115,7 @@ class Worker(_ArqWorker):
             super().handle_sig_wait_for_completion(signum)
         else:  # the platform's broadcast beside graceshell's own signal
             _log().info("graceshell.arq.signal_ignored", signal=name,
-                                        reason="graceshell has not escalated: running jobs go on")
+                        reason="graceshell has not escalated: running jobs go on")
 
 
 def main() -> None:

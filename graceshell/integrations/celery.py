@@ -73,7 +73,7 @@ def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
         if not _told_ignored:
             _told_ignored = True
             _log().info("graceshell.celery.term_ignored", pid=os.getpid(), tasks=list(_running),
-                           reason="graceshell has not escalated: the warm shutdown goes on")
+                        reason="graceshell has not escalated: the warm shutdown goes on")
         return
     # Celery's cold shutdown is cancelling the task in hand. Its ledger entry
     # stays, so the report names it; with acks_late the broker redelivers it.
@@ -81,8 +81,8 @@ def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
     for task_id, tracker in _running.items():
         jobs.update(task_id, interrupted=True, requeued=bool(tracker.extra.get("acks_late")))
     _log().warning("graceshell.celery.cold_shutdown", pid=os.getpid(),
-                      tasks=[{"id": task_id, "requeued": bool(tracker.extra.get("acks_late"))}
-                             for task_id, tracker in _running.items()])
+                   tasks=[{"id": task_id, "requeued": bool(tracker.extra.get("acks_late"))}
+                          for task_id, tracker in _running.items()])
     handler = _celery_term_handler
     if callable(handler):
         handler(signum, frame)

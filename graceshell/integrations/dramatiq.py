@@ -133,7 +133,7 @@ def _term_in_worker_process(signum: int, frame: FrameType | None) -> None:
         if not _told_ignored:
             _told_ignored = True
             _log().info("graceshell.dramatiq.term_ignored", pid=os.getpid(), messages=_middleware.running_ids(),
-                           reason="graceshell has not escalated: the warm shutdown goes on")
+                        reason="graceshell has not escalated: the warm shutdown goes on")
         return
     _warm_delivered = True
     _dramatiq_term_handler(signum, frame)

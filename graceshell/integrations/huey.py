@@ -46,6 +46,7 @@ from huey.consumer import Consumer as _HueyConsumer
 
 from graceshell import jobs, shutdown
 from graceshell.logs import logger_from_environment
+from graceshell.signals import signal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,10 +73,10 @@ class Consumer(_HueyConsumer):
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
         if not shutdown.under_graceshell() or signum == getattr(signal, "SIGHUP", None):
             return super()._handle_signal(signum, frame)
-        name = signal.Signals(signum).name
+        name = signal_name(signum)
         if shutdown.escalated():
             _log().warning("graceshell.huey.cold_shutdown", signal=name,
-                              tasks=[task.id for task in list(self.huey._tasks_in_flight)])
+                           tasks=[task.id for task in list(self.huey._tasks_in_flight)])
             self._restart = False
             if self._graceful_stop_under_way:
                 raise KeyboardInterrupt  # Huey's own "shut down now" while it waits for the workers
@@ -85,7 +86,7 @@ class Consumer(_HueyConsumer):
             self._signum, self._restart, self._graceful = self._graceful_sig, False, True
         else:  # the platform's broadcast beside graceshell's own signal: the graceful shutdown goes on
             _log().info("graceshell.huey.signal_ignored", signal=name,
-                           reason="graceshell has not escalated: the graceful shutdown goes on")
+                        reason="graceshell has not escalated: the graceful shutdown goes on")
         return None
 
     def stop(self, graceful: bool = False) -> None:
@@ -104,18 +105,18 @@ class _Ledger:
         self.lock = threading.Lock()
         self.running: dict[str, jobs.track] = {}
 
-    def __call__(self, signal_name: str, task: Any, *args: Any, **kwargs: Any) -> None:
+    def __call__(self, huey_signal: str, task: Any, *args: Any, **kwargs: Any) -> None:
         if not shutdown.under_graceshell():
             return
-        if signal_name == huey_signals.SIGNAL_EXECUTING:
+        if huey_signal == huey_signals.SIGNAL_EXECUTING:
             tracker = jobs.track(task.id, task.name, queue=self.huey.name, retries=task.retries).__enter__()
             with self.lock:
                 self.running[task.id] = tracker
-        elif signal_name == huey_signals.SIGNAL_INTERRUPTED:
+        elif huey_signal == huey_signals.SIGNAL_INTERRUPTED:
             with self.lock:
                 self.running.pop(task.id, None)  # the entry stays for the report
             self.requeue(task)
-        elif signal_name in _FINISHED:
+        elif huey_signal in _FINISHED:
             with self.lock:
                 tracker = self.running.pop(task.id, None)
             if tracker is not None:
@@ -147,7 +148,7 @@ def _shield_process_worker() -> None:
                 huey_handler(number, frame)
             else:
                 _log().info("graceshell.huey.term_ignored", pid=os.getpid(),
-                               reason="graceshell has not escalated: the task in hand goes on")
+                            reason="graceshell has not escalated: the task in hand goes on")
 
         signal.signal(signum, interrupt_once_escalated)
 

@@ -30,6 +30,7 @@ from rq.worker import Worker as _RQWorker
 
 from graceshell import jobs, shutdown
 from graceshell.logs import logger_from_environment
+from graceshell.signals import signal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ class Worker(_RQWorker):
         if not shutdown.under_graceshell():
             return super().request_force_stop(signum, frame)
         if not shutdown.escalated():
-            self.graceshell_log.info("graceshell.rq.repeat_ignored", signal=signal.Signals(signum).name,
+            self.graceshell_log.info("graceshell.rq.repeat_ignored", signal=signal_name(signum),
                                      reason="graceshell has not escalated: the warm shutdown goes on")
             return None
         job = self.get_current_job()
