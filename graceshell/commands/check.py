@@ -7,8 +7,8 @@ import shlex
 import signal
 
 from graceshell.durations import format_duration
-from graceshell.config.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, DEFAULT_COLD_FLOOR, RESERVE,
-                                      budget_offset, cold_reserve, describe, resolve_offset)
+from graceshell.config.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, RESERVE, budget_offset, cold_reserve,
+                                      describe, resolve_offset)
 from graceshell.config.plan import make_plan, resolve_platform
 from graceshell.config.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
 from graceshell.config.settings import value_of
@@ -52,14 +52,12 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
     stops = plan.stop_signals
     specs: list[StepSpec] = list(value_of(settings, "ladder") or ())
     uses_reserve = any(_is_reserve(spec.at) for spec in specs)
-    floor = value_of(settings, "cold_floor")
-    least = DEFAULT_COLD_FLOOR if floor is None else floor
-    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(least)}"
+    reserve_from = (f"{COLD_RESERVE_SHARE:.0%} of the budget, at least {format_duration(plan.cold_floor)}"
                     f" ({_from(settings, 'cold_floor')}), at most {format_duration(COLD_RESERVE_CAP)} "
                     "or half the budget")
-    errors = collapse_errors(plan, specs, floor, budget_origin=settings["budget"].origin if "budget" in settings
-                             else None)
-    warm = 0.0 if errors else warm_phase(plan)
+    budget_origin = settings["budget"].origin if "budget" in settings else None
+    errors = collapse_errors(plan, specs, budget_origin=budget_origin)
+    warm = 0.0 if errors else plan.warm_phase()
     return {
         "process": process,
         "source": source,
@@ -84,7 +82,7 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
                                 "from": _from(settings, "parent_death_signal", "the warm shutdown's signal")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
-        "warnings": (_short_reserve(plan, floor, settings["budget"].origin if "budget" in settings else None)
+        "warnings": (_short_reserve(plan, budget_origin)
                      if uses_reserve and not errors else []) + warnings(plan) + _ruby_integration(plan, settings,
                                                                                                   environ),
         "errors": errors,
@@ -100,13 +98,7 @@ def _budget_relative(at: str | float) -> bool:
     return budget_offset(at) not in (None, 0.0)
 
 
-def warm_phase(plan: RunPlan) -> float:
-    """Seconds from the stop to the first later step: the time jobs get to finish."""
-    return min((step.at for step in plan.ladder[1:] if step.at > 0), default=0.0)
-
-
-def collapse_errors(plan: RunPlan, specs: list[StepSpec], floor: float | None, *,
-                    budget_origin: object | None) -> list[str]:
+def collapse_errors(plan: RunPlan, specs: list[StepSpec], *, budget_origin: object | None) -> list[str]:
     """A step written to come before the end that the budget pushed onto t=0:
     the cold signal then goes out with the warm one, and no job can finish."""
     collapsed = [spec for spec in specs if _budget_relative(spec.at) and parse_signal(spec.signal) != signal.SIGKILL
@@ -116,40 +108,40 @@ def collapse_errors(plan: RunPlan, specs: list[StepSpec], floor: float | None, *
     step = collapsed[0]
     platform = plan.platform
     timeout = format_duration(plan.platform_timeout or 0)
-    fix = _fix(plan, str(step.at), floor, budget_origin)
+    fix = _fix(plan, str(step.at), budget_origin)
     return [f"{step.signal}@{step.at} falls on 0s: a budget of {format_duration(plan.budget)} ({platform.name}, "
             f"timeout {timeout}) leaves no warm phase, so the worker is told to cancel its jobs the moment it is "
             f"told to finish them; {fix}"]
 
 
-def _short_reserve(plan: RunPlan, floor: float | None, budget_origin: object | None) -> list[str]:
+def _short_reserve(plan: RunPlan, budget_origin: object | None) -> list[str]:
     """The budget gave the warm phase its half, and the cold step less than the framework needs."""
-    need = DEFAULT_COLD_FLOOR if floor is None else floor
+    need = plan.cold_floor
     reserve = plan.cold_reserve or 0.0
     if reserve >= need:
         return []
     return [f"the cold step gets {format_duration(round(reserve, 3))} before the final KILL, less than the "
             f"{format_duration(need)} the {plan.preset} preset's cold shutdown needs: it may be cut short by the "
-            f"KILL (jobs are still reported); {_fix(plan, f'budget-{RESERVE}', floor, budget_origin)}"]
+            f"KILL (jobs are still reported); {_fix(plan, f'budget-{RESERVE}', budget_origin)}"]
 
 
-def _fix(plan: RunPlan, at: str, floor: float | None, budget_origin: object | None) -> str:
+def _fix(plan: RunPlan, at: str, budget_origin: object | None) -> str:
     """What to change for more room: the budget when it was set, else the platform's timeout setting."""
     platform = plan.platform
     if budget_origin is not None:
         return f"raise the budget ({budget_origin})"
     if platform.timeout_setting:
-        needed = _timeout_for_room(at, floor)
+        needed = _timeout_for_room(at, plan.cold_floor)
         return f"raise {platform.timeout_setting}" + (f" to at least {format_duration(needed)}" if needed else "")
     return (f"{platform.name}'s timeout cannot be raised: give this worker a ladder of its own whose cold step "
             "fits (e.g. --ladder with an absolute offset)")
 
 
-def _timeout_for_room(at: str, floor: float | None) -> float | None:
+def _timeout_for_room(at: str, floor: float) -> float | None:
     """The shortest whole-second platform timeout whose default budget keeps
     what the step `at` asks for before the end, and as much again before it."""
     kept = budget_offset(at)
-    wanted = (DEFAULT_COLD_FLOOR if floor is None else floor) if kept == RESERVE else kept
+    wanted = floor if kept == RESERVE else kept
     for seconds in range(1, 301):
         budget = default_budget(float(seconds))
         kept = budget - resolve_offset(at, budget, cold_reserve(budget, floor))

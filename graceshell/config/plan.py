@@ -12,7 +12,7 @@ import signal
 
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
-from graceshell.config.ladder import LadderError, Step, build_ladder, cold_reserve
+from graceshell.config.ladder import DEFAULT_COLD_FLOOR, LadderError, Step, build_ladder, cold_reserve
 from graceshell.config.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
 from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import DEFAULT_STOP_SIGNALS, FAULT_SIGNALS, UNCATCHABLE, signal_name
@@ -30,14 +30,14 @@ class RunPlan:
 
     __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
                  "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans", "cold_reserve",
-                 "parent_death_signal")
+                 "cold_floor", "parent_death_signal")
 
     def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
                  platform: Platform, platform_source: str, platform_timeout: float | None,
                  stop_signals: frozenset[int], remap: dict[int, int], second_signal: str = "escalate",
                  linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None, preset: str = "generic",
                  on_orphans: str | None = None, cold_reserve: float | None = None,
-                 parent_death_signal: int | None = None) -> None:
+                 cold_floor: float = DEFAULT_COLD_FLOOR, parent_death_signal: int | None = None) -> None:
         self.argv = argv
         self.name = name
         self.ladder = ladder
@@ -53,6 +53,7 @@ class RunPlan:
         self.preset = preset
         self.on_orphans = on_orphans  # command run with the orphan report on stdin
         self.cold_reserve = cold_reserve  # what a `budget-reserve` step keeps before the final KILL
+        self.cold_floor = cold_floor  # the least the framework's cold shutdown needs (the preset's measure)
         # What graceshell's guard sends the worker if graceshell dies without
         # stopping it (kill -9, the OOM killer); by default the warm shutdown's signal.
         self.parent_death_signal = parent_death_signal if parent_death_signal is not None else self.warm_signal()
@@ -61,6 +62,10 @@ class RunPlan:
     def kill_at(self) -> float:
         """Offset of the final KILL of the whole tree."""
         return self.ladder[-1].at
+
+    def warm_phase(self) -> float:
+        """Seconds from the stop to the first later step: the time jobs get to finish."""
+        return min((step.at for step in self.ladder[1:] if step.at > 0), default=0.0)
 
     def warm_signal(self) -> int:
         """The last signal the ladder sends at 0 s for the platform's stop: the
@@ -127,7 +132,8 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         raise UsageError(f"{settings['budget'].origin}: the {chosen.name} platform timeout is 0s, so the budget "
                          "must be 0s (or set the platform timeout)")
     ladder_origin = _where(settings, "ladder", "--ladder")
-    reserve = cold_reserve(budget, value_of(settings, "cold_floor"))
+    floor = value_of(settings, "cold_floor", DEFAULT_COLD_FLOOR)
+    reserve = cold_reserve(budget, floor)
     try:
         steps = build_ladder(value_of(settings, "ladder"), budget, reserve)
     except LadderError as exc:
@@ -164,6 +170,7 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         preset=value_of(settings, "preset", "generic"),
         on_orphans=value_of(settings, "on_orphans"),
         cold_reserve=reserve,
+        cold_floor=floor,
         parent_death_signal=death,
     )
 
