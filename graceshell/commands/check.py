@@ -11,6 +11,7 @@ from graceshell.config.ladder import (COLD_RESERVE_CAP, COLD_RESERVE_SHARE, RESE
                                       describe, resolve_offset)
 from graceshell.config.plan import make_plan, resolve_platform
 from graceshell.config.platforms import BROADCAST_ALL, PLATFORM_MARGIN, default_budget
+from graceshell.config.presets import PRESETS
 from graceshell.config.settings import value_of
 from graceshell.signals import parse_signal, signal_name
 
@@ -212,7 +213,9 @@ def _integration_advice(plan: RunPlan) -> str | None:
 
 
 SIDEKIQ_DEFAULT_TIMEOUT = 25.0  # lib/sidekiq.rb DEFAULTS[:timeout]
-SIDEKIQ_ENSURE_GRACE = 3.0  # Manager#hard_shutdown: after the requeue, up to 3 s for `ensure` blocks
+# Manager#hard_shutdown: after the requeue, up to 3 s for `ensure` blocks; the
+# sidekiq preset's cold step keeps that much before the KILL.
+SIDEKIQ_ENSURE_GRACE = budget_offset(PRESETS["sidekiq"].ladder[-1][1])
 
 
 def _sidekiq_timeout(plan: RunPlan) -> list[str]:

@@ -67,6 +67,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # wait up to -t (default 25 s) for running jobs, then bulk_requeue the rest
     # and wait up to 3 s for their `ensure` blocks. graceshell's Ruby file
     # (RUBYOPT) fits that timeout to the budget and requeues at the cold step.
+    # Its 3 s is those 3 s (ENSURE_GRACE in ruby/sidekiq.rb; check reads it here).
     Preset("sidekiq", (("TERM", "0s"), ("TERM", "budget-3s")),
            {"RUBYOPT": "-r{integrations}/ruby/sidekiq.rb"},
            "TERM stops fetching and lets running jobs finish; graceshell's Ruby file, loaded by the preset, "

@@ -27,7 +27,9 @@ require_relative "graceshell"
 module Graceshell
   module Sidekiq
     DEFAULT_TIMEOUT = 25 # Sidekiq.options[:timeout] when nothing sets it
-    ENSURE_GRACE = 3 # what Manager#hard_shutdown waits for `ensure` blocks after the requeue
+    # What Manager#hard_shutdown waits for `ensure` blocks after the requeue;
+    # the sidekiq preset's cold step (budget-3s) keeps the same before the KILL.
+    ENSURE_GRACE = 3
 
     # The command line as started: Sidekiq's option parser consumes ARGV.
     TIMEOUT_GIVEN = ARGV.any? { |word| word.match?(/\A(-t|--timeout)(=?\d+)?\z/) }
