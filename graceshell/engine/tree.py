@@ -85,14 +85,18 @@ def _age_linux(pid: int) -> float | None:
     psutil's create_time adds the boot time, which Linux gives in whole
     seconds; both ends of this subtraction count from boot.
     """
+    ticks = start_ticks(pid)
+    return _seconds_since(ticks) if ticks is not None else None
+
+
+def _seconds_since(ticks: int) -> float | None:
+    """Seconds from `ticks` after boot (a process's start time) until now."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            start_ticks = int(stat.read().rpartition(")")[2].split()[19])
-        with open("/proc/uptime", encoding="ascii") as uptime:
+        with open("/proc/uptime", "rb") as uptime:
             now = float(uptime.read().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return max(0.0, now - start_ticks / os.sysconf("SC_CLK_TCK"))
+    return max(0.0, now - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def _describe(proc: Any, now: float) -> dict[str, Any] | None:
@@ -176,7 +180,6 @@ def _signal_from_proc(signum: int, until_gone: bool) -> list[dict[str, Any]] | N
 
     if not _proc_path_available():
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
     hit: dict[int, dict[str, Any]] = {}
     for _ in range(_KILL_ROUNDS if until_gone else 1):
         fresh = 0
@@ -189,8 +192,6 @@ def _signal_from_proc(signum: int, until_gone: bool) -> list[dict[str, Any]] | N
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
                     cmd = cmdline.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-                with open("/proc/uptime", "rb") as uptime:
-                    age = float(uptime.read().split()[0]) - stat[1] / ticks
                 pidfd = os.pidfd_open(pid)
             except (OSError, ValueError):
                 continue
@@ -203,7 +204,8 @@ def _signal_from_proc(signum: int, until_gone: bool) -> list[dict[str, Any]] | N
                 continue
             finally:
                 os.close(pidfd)
-            hit[pid] = {"pid": pid, "cmd": cmd or stat[2], "age_s": round(max(age, 0.0), 3),
+            age = _seconds_since(stat[1])  # after the signal: the kill is not late by it
+            hit[pid] = {"pid": pid, "cmd": cmd or stat[2], "age_s": round(age, 3) if age is not None else None,
                         "signal": signal_name(signum)}
             fresh += 1
         if not fresh:
