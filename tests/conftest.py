@@ -255,10 +255,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not SURVIVAL:
         return
     terminalreporter.section("survival of a platform stop (SIGKILL at 10 s unless the row says otherwise)")
-    width = max(len(row["framework"]) for row in SURVIVAL)
+    width = max(len(f"{row['framework']} {row['model']}") for row in SURVIVAL)
     for row in SURVIVAL:
         jobs = ", ".join(f"{k}: {v}" for k, v in row.items()
-                         if k not in ("framework", "broadcast", "setup", "platform_sigkill"))
-        terminalreporter.write_line(f"{row['framework']:<{width}} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
+                         if k not in ("framework", "model", "broadcast", "setup", "platform_sigkill"))
+        cell = f"{row['framework']} {row['model']}"
+        terminalreporter.write_line(f"{cell:<{width}} {row['broadcast']:<6} {row['setup']:<20} {jobs}"
                                     f"{'  (platform SIGKILL needed)' if row['platform_sigkill'] else ''}")
 

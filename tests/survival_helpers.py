@@ -38,9 +38,14 @@ def finish(proc: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
-def record(framework: str, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
-    SURVIVAL.append({"framework": framework, "broadcast": broadcast,
-                     "setup": "graceshell + preset" if wrapped else "bare", **fates,
+def record(framework: str, model: str, broadcast: str, wrapped: bool, fates: dict, result: dict,
+           **extra: Any) -> None:
+    """One cell of the survival matrix: `framework` run in execution `model`
+    (its pool, worker class or concurrency), stopped the `broadcast` way
+    ("all": every process, "group": PID 1 or the process group), bare or
+    under graceshell; `fates` maps each job to what became of it."""
+    SURVIVAL.append({"framework": framework, "model": model, "broadcast": broadcast,
+                     "setup": "graceshell + preset" if wrapped else "bare", **extra, **fates,
                      "platform_sigkill": bool(result["platform_killed"])})
 
 

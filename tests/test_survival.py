@@ -47,7 +47,8 @@ def cold_shutdown_s(result: dict) -> float | str | None:
 
 
 def record(framework: str, timeout: int, broadcast: str, wrapped: bool, fates: dict, result: dict) -> None:
-    SURVIVAL.append({"framework": framework, "broadcast": broadcast,
+    model = "prefork -c 2" if framework == "celery" else "Worker"
+    SURVIVAL.append({"framework": framework, "model": model, "broadcast": broadcast,
                      "setup": "graceshell + preset" if wrapped else "bare", "platform timeout": f"{timeout}s", **fates,
                      "cold shutdown s": cold_shutdown_s(result),
                      "graceshell's KILL": result["outcome"] == "killed",

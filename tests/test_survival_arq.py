@@ -132,6 +132,6 @@ def arq_stops(framework_stops):
 @pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
 def test_arq_survives_a_platform_stop(arq_stops, broadcast, wrapped):
     fates, result, ids = outcome_of(arq_stops, (broadcast, wrapped))
-    record("arq", broadcast, wrapped, fates, result)
+    record("arq", "max_jobs 10", broadcast, wrapped, fates, result)
     if wrapped:
         assert_short_completed_long_requeued(fates, result, ids)

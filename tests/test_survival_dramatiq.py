@@ -95,7 +95,7 @@ def dramatiq_stops(framework_stops):
 @pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
 def test_dramatiq_survives_a_platform_stop(dramatiq_stops, broadcast, wrapped):
     fates, result, ids = outcome_of(dramatiq_stops, (broadcast, wrapped))
-    record("dramatiq", broadcast, wrapped, fates, result)
+    record("dramatiq", "-p 1 -t 2", broadcast, wrapped, fates, result)
     if wrapped:
         assert_short_completed_long_requeued(fates, result, ids)
 

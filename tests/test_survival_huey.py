@@ -95,6 +95,6 @@ def huey_stops(framework_stops):
 @pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
 def test_huey_survives_a_platform_stop(huey_stops, broadcast, kind, wrapped):
     fates, result, ids = outcome_of(huey_stops, (broadcast, wrapped, kind))
-    record("huey" if kind == "thread" else "huey -k process", broadcast, wrapped, fates, result)
+    record("huey", f"-k {kind}", broadcast, wrapped, fates, result)
     if wrapped:
         assert_short_completed_long_requeued(fates, result, ids)
