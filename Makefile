@@ -18,7 +18,7 @@ $(ARQ_VENV)/.installed: pyproject.toml
 	$(ARQ_VENV)/bin/pip install --quiet --editable '.[arq]' --config-settings editable_mode=compat
 	touch $@
 
-.PHONY: demo test bench fuzz
+.PHONY: demo test bench fuzz matrix
 demo: $(VENV)/.installed
 	bash examples/demo.sh
 
@@ -35,3 +35,9 @@ bench: $(VENV)/.installed
 # on new random inputs each time (about half an hour).
 fuzz: $(VENV)/.installed
 	GRACESHELL_FUZZ=long $(VENV)/bin/python -m pytest tests/test_fuzz_parsers.py tests/test_fuzz_readers.py tests/test_fuzz_cli.py -q
+
+# The survival matrix: every framework and execution model, bare and under
+# graceshell, on a real broker; prints the tables of docs' survival page.
+matrix: $(VENV)/.installed $(ARQ_VENV)/.installed
+	bash tools/install-test-deps
+	$(VENV)/bin/python tools/survival_matrix.py

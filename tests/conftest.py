@@ -14,6 +14,8 @@ import pytest
 from graceshell.engine.guard import NAME as GUARD_NAME
 
 WORKER = str(Path(__file__).with_name("worker.py"))
+# Where the survival tests' rows are written as JSON, when set (tools/survival_matrix.py sets it).
+SURVIVAL_EXPORT_ENV = "GRACESHELL_SURVIVAL_EXPORT"
 PLATFORM_VARS = ("DYNO", "RENDER", "RENDER_INSTANCE_ID", "RENDER_SERVICE_ID", "FLY_APP_NAME", "FLY_MACHINE_ID",
                  "RAILWAY_REPLICA_ID", "RAILWAY_DEPLOYMENT_ID", "RAILWAY_DEPLOYMENT_DRAINING_SECONDS",
                  "K_SERVICE", "CLOUD_RUN_JOB", "ECS_CONTAINER_METADATA_URI_V4", "KUBERNETES_SERVICE_HOST",
@@ -254,6 +256,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
     if not SURVIVAL:
         return
+    export = os.environ.get(SURVIVAL_EXPORT_ENV)
+    if export:  # tools/survival_matrix.py turns the rows into the survival table
+        Path(export).write_text(json.dumps(SURVIVAL, indent=1, default=str))
     terminalreporter.section("survival of a platform stop (SIGKILL at 10 s unless the row says otherwise)")
     width = max(len(f"{row['framework']} {row['model']}") for row in SURVIVAL)
     for row in SURVIVAL:
