@@ -14,7 +14,7 @@ graceshell=${GRACESHELL:-.venv/bin/graceshell}
 python=${PYTHON:-$(dirname "$graceshell")/python}
 log_format=${GRACESHELL_LOG_FORMAT:-console}
 
-# scene TITLE SECONDS_BEFORE_THE_STOP GRACESHELL_OPTIONS... -- WORKER_OPTIONS...; sets $status to graceshell's.
+# scene TITLE SECONDS_INTO_THE_FIRST_JOB GRACESHELL_OPTIONS... -- WORKER_OPTIONS...; sets $status to graceshell's.
 scene() {
     local title=$1 wait=$2
     shift 2
@@ -22,9 +22,14 @@ scene() {
     while [ "$1" != "--" ]; do options+=("$1"); shift; done
     shift
     echo "=== demo: $title ==="
+    local ready
+    ready=$(mktemp -u "${TMPDIR:-/tmp}/graceshell-demo.XXXXXX")
     "$graceshell" run --name worker --log-format "$log_format" "${options[@]}" \
-        -- "$python" examples/demo_worker.py "$@" &
+        -- "$python" examples/demo_worker.py --ready-file "$ready" "$@" &
     local pid=$!
+    # The stop comes $wait seconds into the first job, however long the start took.
+    while [ ! -e "$ready" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    rm -f "$ready"
     sleep "$wait"
     echo "--- demo: SIGTERM to graceshell (pid $pid), as the platform would send it ---"
     kill -TERM "$pid"
@@ -33,13 +38,13 @@ scene() {
     echo "--- demo: graceshell exited with status $status; the graceshell.exit line above is the report ---"
 }
 
-scene "a clean stop (Heroku: SIGTERM, SIGKILL 30 s later)" 2.5 --platform heroku --
+scene "a clean stop (Heroku: SIGTERM, SIGKILL 30 s later)" 2 --platform heroku --
 clean=$status
 echo
 scene "a job too long for the budget (docker stop -t 4: SIGTERM, SIGKILL 4 s later)" 1 \
     --platform docker --platform-timeout 4s -- --job-seconds 60
 killed=$status
 echo
-echo "demo: the clean stop exited $clean (the worker's 0); the long job's exited $killed (137: graceshell's KILL;" \
-     "its report's orphaned_jobs names the job)"
+echo "demo: the clean stop exited $clean (the worker's own 0); the long job's run exited $killed (128+9:" \
+     "graceshell's KILL, before the platform's; its report's orphaned_jobs names the job)"
 [ "$clean" = 0 ] && [ "$killed" = 137 ]

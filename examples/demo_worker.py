@@ -9,10 +9,12 @@ up after the worker is gone.
 
     python3 demo_worker.py                    # 1.5 s jobs: a stop lets the job in hand finish
     python3 demo_worker.py --job-seconds 60   # a job too long for any budget: graceshell's KILL ends it
+    python3 demo_worker.py --ready-file F     # F appears once a stop would find a job in hand
 """
 
 import argparse
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -40,7 +42,9 @@ def request_stop(signum: int, frame: object) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="A demo job worker that stops warmly on TERM or INT.")
     parser.add_argument("--job-seconds", type=float, default=1.5, help="how long each job takes (default 1.5)")
-    seconds = parser.parse_args().job_seconds
+    parser.add_argument("--ready-file", type=pathlib.Path, help="created when the first job has started")
+    args = parser.parse_args()
+    seconds = args.job_seconds
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)  # a Ctrl-C, or `graceshell start`'s stop after one
     # A helper that outlives the worker unless someone cleans up.
@@ -49,6 +53,8 @@ def main() -> None:
     while not stopping:
         job += 1
         print(f"[worker {os.getpid()}] job {job}: started ({seconds:g} s)", flush=True)
+        if args.ready_file is not None and job == 1:
+            args.ready_file.touch()
         if jobs is not None:
             with jobs.track(f"demo-{job}", "demo.work"):
                 time.sleep(seconds)  # the work; a stop request waits for it to finish
