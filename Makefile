@@ -3,10 +3,16 @@
 PYTHON ?= python3
 VENV := .venv
 
-$(VENV)/.installed: pyproject.toml
+# graceshell and its runtime dependencies alone: what `make demo` needs.
+$(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --editable '.[test]' --config-settings editable_mode=compat
+	$(VENV)/bin/pip install --quiet --editable . --config-settings editable_mode=compat
 	$(VENV)/bin/python -m compileall -q graceshell
+	touch $@
+
+# The test set on top (Celery, RQ, Dramatiq, Huey, hypothesis, mkdocs...): what `make test` needs.
+$(VENV)/.installed: $(VENV)/.runtime
+	$(VENV)/bin/pip install --quiet --editable '.[test]' --config-settings editable_mode=compat
 	touch $@
 
 # arq cannot share .venv with Celery (their redis-py versions exclude each
@@ -19,7 +25,7 @@ $(ARQ_VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: demo test bench fuzz matrix
-demo: $(VENV)/.installed
+demo: $(VENV)/.runtime
 	bash examples/demo.sh
 
 test: $(VENV)/.installed $(ARQ_VENV)/.installed

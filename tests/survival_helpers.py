@@ -1,6 +1,6 @@
 """What the end-to-end survival tests share: the drill that plays the
 platform, how its verdict is read, and the table the runs make (printed by
-conftest's terminal summary, and copied into the README)."""
+conftest's terminal summary, and copied into docs/survival.md)."""
 
 import json
 import subprocess

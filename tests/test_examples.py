@@ -23,7 +23,7 @@ import psutil
 import pytest
 import yaml
 
-from conftest import check_json, clean_env, wait_for
+from conftest import check_json, clean_env, kill_tree, run_cli, wait_for
 
 try:
     import tomllib
@@ -55,43 +55,161 @@ def assert_fits(entry: dict[str, Any], platform: str, deadline: float) -> None:
 
 # -- graceshell check inside examples/ ----------------------------------------------------------
 
+PROCFILES = ("Procfile", "Procfile.frameworks")  # the runnable demo, and one line per framework to copy
+PLATFORM_ENVS = {  # each platform as graceshell detects it (Railway's default 0 s allows no ladder at all)
+    "heroku": {"DYNO": "worker.1"}, "render": {"RENDER": "true"},
+    "fly": {"FLY_APP_NAME": "app", "FLY_MACHINE_ID": "148e272c4d3989"}, "cloudrun": {"K_SERVICE": "worker"},
+    "ecs": {"ECS_CONTAINER_METADATA_URI_V4": "http://169.254.170.2/v4/x"},
+    "kubernetes": {"KUBERNETES_SERVICE_HOST": "10.0.0.1"},
+    "systemd": {"INVOCATION_ID": "0f4a6e8c2f2b4b1c9d1e", "JOURNAL_STREAM": "8:12345"},
+}
+
+
+def procfile_lines(procfile: str) -> list[tuple[str, str]]:
+    return re.findall(r"^([A-Za-z0-9_-]+):\s*(.+)$", (EXAMPLES / procfile).read_text(), re.MULTILINE)
+
+
 def test_check_passes_inside_examples() -> None:
     plain = subprocess.run([sys.executable, "-m", "graceshell", "check"], cwd=EXAMPLES, env=clean_env(),
                            capture_output=True, text=True, timeout=30)
     assert plain.returncode == 0 and not plain.stderr, plain.stderr
-    result = subprocess.run([sys.executable, "-m", "graceshell", "check", "--json"], cwd=EXAMPLES,
-                            env=clean_env(DYNO="worker.1"), capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    entries = {entry["process"]: entry for entry in json.loads(result.stdout)["processes"]}
-    procfile = (EXAMPLES / "Procfile").read_text()
-    declared = re.findall(r"^([A-Za-z0-9_-]+):", procfile, re.MULTILINE)
-    assert declared and set(declared) <= set(entries)
-    for entry in entries.values():
-        assert_fits(entry, "heroku", 30.0)
+    for procfile in PROCFILES:
+        result = subprocess.run([sys.executable, "-m", "graceshell", "check", "--json", "--procfile", procfile],
+                                cwd=EXAMPLES, env=clean_env(DYNO="worker.1"), capture_output=True, text=True,
+                                timeout=30)
+        assert result.returncode == 0, result.stderr
+        entries = {entry["process"]: entry for entry in json.loads(result.stdout)["processes"]}
+        declared = [name for name, _ in procfile_lines(procfile)]
+        assert declared and set(declared) <= set(entries)
+        for entry in entries.values():
+            assert_fits(entry, "heroku", 30.0)
+
+
+@pytest.mark.parametrize("platform", sorted(PLATFORM_ENVS))
+def test_no_ladder_step_of_the_examples_falls_on_the_stop(platform: str) -> None:
+    """graceshell.yml's ladders hold on every platform's default timeout, Fly's
+    5 s included: a fixed `budget-5s` would put the cold signal on t=0 there."""
+    for procfile in PROCFILES:
+        result = run_cli("check", "--json", "--procfile", procfile, cwd=EXAMPLES,
+                         env=clean_env(**PLATFORM_ENVS[platform]))
+        entries = json.loads(result.stdout)["processes"]
+        assert {entry["platform"]["value"] for entry in entries} == {platform}
+        errors = {entry["process"]: entry["errors"] for entry in entries if entry["errors"]}
+        assert not errors, f"{procfile} on {platform}: {errors}"
+
+
+def test_the_framework_lines_name_modules_that_exist() -> None:
+    """Each framework line runs a real command or module of graceshell's; only `app` is the user's."""
+    for _, command in procfile_lines("Procfile.frameworks"):
+        modules = re.findall(r"\b(graceshell\.integrations\.[a-z_]+)", command)
+        for module in modules:
+            assert (Path(__file__).resolve().parent.parent / (module.replace(".", "/") + ".py")).exists(), module
+
+
+# -- graceshell start inside examples/, and the demo --------------------------------------------
+
+def _path_env(**extra: str) -> dict[str, str]:
+    """This checkout's venv first on PATH, as an activated venv (or a pipx install) has it."""
+    return clean_env(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+
+
+def test_start_inside_examples_runs_the_demo_and_a_ctrl_c_stops_it(tmp_path: Path) -> None:
+    """`cd examples && graceshell start`, then Ctrl-C: the terminal's INT reaches
+    every process of the foreground group, here `start` and its children's
+    groups alike as start forwards it; every process stops cleanly, no traceback."""
+    output = tmp_path / "output"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "graceshell", "start", "--log-format", "json"], cwd=EXAMPLES,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=_path_env(), start_new_session=True)
+    try:
+        wait_for(lambda: "job 1: done" in output.read_text() or proc.poll() is not None, 30, "the demo's first job")
+        assert proc.poll() is None, output.read_text()
+        os.killpg(proc.pid, signal.SIGINT)  # a Ctrl-C
+        assert proc.wait(30) == 0, output.read_text()
+    finally:
+        kill_tree(proc)
+    text = output.read_text()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert "stopped cleanly" in text, text
+    reports = [json.loads(line.split(" | ", 1)[1]) for line in text.splitlines()
+               if '"graceshell.exit"' in line and " | " in line]
+    assert [(report["process"], report["outcome"], report["exit_code"]) for report in reports] == \
+        [("worker.1", "clean", 0)], text
+
+
+def test_the_demo_worker_takes_a_ctrl_c_as_a_warm_stop(tmp_path: Path) -> None:
+    """Without graceshell.yml's remap (the generic preset passes INT on as it
+    came), the demo worker finishes its job on INT too: no KeyboardInterrupt."""
+    result_file = tmp_path / "output"
+    with open(result_file, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "graceshell", "run", "--platform", "none", "--log-format",
+                                 "json", "--linger", "0.2s", "--", sys.executable, str(EXAMPLES / "demo_worker.py")],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=clean_env(), start_new_session=True)
+    try:
+        wait_for(lambda: "job 1: started" in result_file.read_text(), 20, "the demo's first job")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(20) == 0, result_file.read_text()
+    finally:
+        kill_tree(proc)
+    text = result_file.read_text()
+    assert "got SIGINT" in text and "Traceback" not in text, text
+    report = json.loads(text.splitlines()[-1])
+    assert report["outcome"] == "clean" and report["stop_signal"] == "INT", report
+
+
+def test_the_demo_shows_a_clean_stop_and_a_kill_that_orphans_a_job() -> None:
+    """examples/demo.sh as `make demo` runs it, in JSON: one report per scene."""
+    result = subprocess.run(["bash", str(EXAMPLES / "demo.sh")], env=_path_env(
+        GRACESHELL=str(BIN / "graceshell"), GRACESHELL_LOG_FORMAT="json"),
+        capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    clean, killed = [event for event in events if event["event"] == "graceshell.exit"]
+    assert clean["outcome"] == "clean" and clean["exit_code"] == 0 and clean["orphaned_jobs"] == []
+    assert killed["outcome"] == "killed" and killed["exit_code"] == 137 and killed["signal"] == "KILL"
+    assert killed["budget_s"] < killed["platform_timeout_s"]  # graceshell's KILL, before the platform's
+    (job,) = killed["orphaned_jobs"]
+    assert job["name"] == "demo.work"
+    assert [event["id"] for event in events if event["event"] == "graceshell.orphaned_job"] == [job["id"]]
+    assert "job 1: done" not in result.stdout.split("a job too long")[1], result.stdout
+
+
+def test_make_demo_installs_graceshells_runtime_dependencies_alone() -> None:
+    """`make demo` needs no test set: it installs `.` alone; `make test` adds the test extra."""
+    root = EXAMPLES.parent
+    demo = subprocess.run(["make", "-n", "-B", "demo"], cwd=root, capture_output=True, text=True, timeout=30)
+    assert demo.returncode == 0, demo.stderr
+    installs = [line for line in demo.stdout.splitlines() if "pip install" in line]
+    assert installs and all("[" not in line for line in installs), demo.stdout
+    assert "examples/demo.sh" in demo.stdout
+    test = subprocess.run(["make", "-n", "-B", "test"], cwd=root, capture_output=True, text=True, timeout=30)
+    assert "'.[test]'" in test.stdout, test.stdout
 
 
 # -- Heroku -------------------------------------------------------------------------------------
 
 def test_heroku_procfile_is_detected_by_dyno(tmp_path: Path) -> None:
     """On a dyno, $DYNO names the platform and, by its type, the process."""
-    procfile = (EXAMPLES / "Procfile").read_text()
-    for name, command in re.findall(r"^([A-Za-z0-9_-]+):\s*(.+)$", procfile, re.MULTILINE):
-        entry = check(tmp_path, command, {"DYNO": f"{name}.1"}, name)
-        assert entry["platform"]["from"] == "env DYNO"
-        assert_fits(entry, "heroku", 30.0)
-        assert any("every process" in warning for warning in entry["warnings"])  # Heroku's broadcast
+    for procfile in PROCFILES:
+        for name, command in procfile_lines(procfile):
+            entry = check(tmp_path, command, {"DYNO": f"{name}.1"}, name)
+            assert entry["platform"]["from"] == "env DYNO"
+            assert_fits(entry, "heroku", 30.0)
+            assert any("every process" in warning for warning in entry["warnings"])  # Heroku's broadcast
 
 
 def test_on_a_dyno_run_takes_heroku_and_the_dynos_section() -> None:
-    """`worker.1` selects graceshell.yml's `worker` section, whatever the command."""
+    """`celery.1` selects graceshell.yml's `celery` section, whatever the command."""
     result = subprocess.run([sys.executable, "-m", "graceshell", "run", "--log-format", "json", "--", "true"],
-                            cwd=EXAMPLES, env=clean_env(DYNO="worker.1"), capture_output=True, text=True,
+                            cwd=EXAMPLES, env=clean_env(DYNO="celery.1"), capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stderr.splitlines()[-1])
     assert report["platform"] == "heroku" and report["platform_timeout_s"] == 30.0 and report["budget_s"] == 25.0
-    assert report["process"] == "worker.1"
-    assert [step["signal"] for step in report["ladder"]] == ["TERM", "QUIT", "KILL"]  # the worker section's
+    assert report["process"] == "celery.1"
+    assert [step["signal"] for step in report["ladder"]] == ["TERM", "QUIT", "KILL"]  # the celery section's
 
 
 # -- Fly.io -------------------------------------------------------------------------------------
@@ -139,9 +257,7 @@ def _prestop_seconds(container: dict[str, Any]) -> float:
 
 
 def test_kubernetes_budget_ends_before_the_grace_period(tmp_path: Path) -> None:
-    documents = list(yaml.safe_load_all((EXAMPLES / "kubernetes" / "worker.yaml").read_text()))
-    (deployment,) = [doc for doc in documents if doc and doc["kind"] == "Deployment"]
-    pod = deployment["spec"]["template"]["spec"]
+    pod = _deployment()["spec"]["template"]["spec"]
     grace = float(pod.get("terminationGracePeriodSeconds", 30))  # Kubernetes' default
     for container in pod["containers"]:
         argv = [*container.get("command", []), *container.get("args", [])]
@@ -153,6 +269,32 @@ def test_kubernetes_budget_ends_before_the_grace_period(tmp_path: Path) -> None:
         # TERM graceshell waits for comes only after preStop ends.
         assert_fits(entry, "kubernetes", entry["platform_timeout_s"]["value"])
         assert entry["platform_timeout_s"]["value"] <= grace - _prestop_seconds(container)
+
+
+def _deployment() -> dict[str, Any]:
+    documents = list(yaml.safe_load_all((EXAMPLES / "kubernetes" / "worker.yaml").read_text()))
+    (deployment,) = [doc for doc in documents if doc and doc["kind"] == "Deployment"]
+    return deployment
+
+
+def test_kubernetes_runs_the_dockerfiles_worker_as_its_user() -> None:
+    """The manifest runs the image examples/Dockerfile builds: its CMD, its
+    ENTRYPOINT (plus the grace period), and its unprivileged user."""
+    docker = _dockerfile()
+    pod = _deployment()["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == json.loads(docker["CMD"])
+    entrypoint, command = json.loads(docker["ENTRYPOINT"]), container["command"]
+    added = command[len(entrypoint) - 1:-1]  # what the manifest adds before the `--`
+    assert command[:len(entrypoint) - 1] + command[-1:] == entrypoint and added[0] == "--platform-timeout", command
+    uid = re.search(r"^RUN useradd\b.*--uid (\d+)", (EXAMPLES / "Dockerfile").read_text(), re.MULTILINE)
+    assert uid and pod["securityContext"]["runAsUser"] == int(uid.group(1))
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+    if security.get("readOnlyRootFilesystem"):  # graceshell's run directory needs a writable $TMPDIR
+        tmp = [mount for mount in container["volumeMounts"] if mount["mountPath"] == "/tmp"]
+        assert tmp, "a read-only root file system needs a volume on /tmp"
 
 
 # -- systemd ------------------------------------------------------------------------------------

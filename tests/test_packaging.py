@@ -158,7 +158,7 @@ def test_the_sdist_carries_docs_license_tests_and_examples(installed: Installed)
         names = {name.removeprefix(top) for name in sdist.getnames()}
     for wanted in ("LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "MANIFEST.in", "Makefile",
                    "graceshell/py.typed", *PROBES, "tests/conftest.py", "tests/test_packaging.py",
-                   "examples/Procfile", "examples/graceshell.yml", "tools/install-test-deps",
+                   "examples/Procfile", "examples/graceshell.yml", "tools/install-test-deps", "docs/index.md", "mkdocs.yml",
                    "benchmarks/run.py"):
         assert wanted in names, f"{wanted} missing from the sdist"
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]

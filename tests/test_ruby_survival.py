@@ -6,7 +6,7 @@ job that fits in the warm phase and a long one that does not, bare and
 under graceshell with the framework's preset (whose Ruby file, loaded
 through RUBYOPT, is the whole integration: the workers here are plain
 Sidekiq and delayed_job). Under graceshell the goal must hold; bare runs
-are recorded for the README's table, not asserted.
+are recorded for docs/survival.md's table, not asserted.
 
 A drill takes as long as the platform's timeout, so every selected scenario
 of this module starts at once, at the first test that needs one; each test

@@ -8,7 +8,7 @@ common `stop_grace_period`) and 5 s (Fly). Under graceshell with its preset
 the goal must hold: the short job completes, the long job is back in its
 queue and named in the report, and nothing needed a SIGKILL. Bare runs (at
 10 s) are recorded, not asserted: they are the problem graceshell exists
-for, and the table they make is in the README.
+for, and the table they make is in docs/survival.md.
 
 The Celery worker (two tasks at once) and the two RQ workers (one job each)
 of a scenario run side by side and are stopped at the same moment: the
@@ -275,5 +275,5 @@ def test_jobs_survive_a_platform_stop_under_graceshell(tmp_path, redis_url, time
 
 @pytest.mark.parametrize("broadcast", ["all", "group"])
 def test_bare_workers_through_the_same_stop(tmp_path, redis_url, broadcast):
-    """Recorded for the README's table, not asserted: this is what happens without graceshell."""
+    """Recorded for docs/survival.md's table, not asserted: this is what happens without graceshell."""
     run_together(tmp_path, redis_url, 10, broadcast, wrapped=False)
