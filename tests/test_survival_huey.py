@@ -12,7 +12,6 @@ bare and under graceshell. All stops run at once; each test reads its own.
 import importlib.util
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -42,7 +41,6 @@ def work(seconds, label):
 KINDS = ("thread", "process", "greenlet")
 SCENARIOS = [(broadcast, wrapped, kind) for kind in KINDS for broadcast in ("all", "group")
              for wrapped in (True, False)]
-LATE_AFTER = 0.3  # seconds from the stop to the late job: within the idle worker's wait (Huey's 1 s read_timeout)
 
 
 def load_app(path, name: str):
@@ -71,13 +69,17 @@ def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool, kind: str
     consumer = [sys.executable, "-m", "graceshell.integrations.huey"] if wrapped else [str(BIN / "huey_consumer")]
     args = ["--broadcast", broadcast, "--preset", "huey", *([] if wrapped else ["--no-wrap"]), "--",
             *consumer, f"{module}.huey", "-w", "3", "-k", kind]
-    proc = drill(tmp_path, args, env)
+    log = tmp_path / "drill.log"  # the consumer's output and graceshell's log
+    with log.open("wb") as stderr:
+        proc = drill(tmp_path, args, env, stderr=stderr)
     app = load_app(tmp_path / f"{module}.py", module)
     try:
         sent = {label: app.work(seconds, label) for label, seconds in (("short", SHORT), ("long", LONG))}
         wait_for(lambda: all((marks / f"started-{label}").exists() for label in sent), 60, "both jobs running")
         (tmp_path / "ready.flag").touch()
-        time.sleep(LATE_AFTER)
+        # As soon as the consumer has taken the stop: the idle worker is then
+        # most likely still in its wait on Redis (up to 1 s, read_timeout).
+        wait_for(lambda: "Received SIG" in log.read_text(errors="replace"), 30, "the consumer taking the stop")
         sent["late"] = app.work(LONG, "late")
         result = finish(proc)
         fates = {f"{label} job": fate(app.huey, handle.id, marks, label) for label, handle in sent.items()}

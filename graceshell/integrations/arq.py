@@ -46,6 +46,7 @@ import asyncio
 import dataclasses
 import functools
 import signal
+import time
 
 from arq.constants import retry_key_prefix
 from arq.worker import Worker as _ArqWorker
@@ -142,6 +143,9 @@ class Worker(_ArqWorker):
         elif not self._graceshell_warm:
             self._graceshell_warm = True
             self._job_completion_wait = None  # no limit of arq's: graceshell's cold step ends the wait
+            # (arq calls this from its event loop, not from a signal handler: it may log)
+            _log().info("graceshell.arq.warm_shutdown", signal=name, stopped_at=time.time(),
+                        jobs=[job_id for job_id, task in self.tasks.items() if not task.done()])
             super().handle_sig_wait_for_completion(signum)
         else:  # the platform's broadcast beside graceshell's own signal
             _log().info("graceshell.arq.signal_ignored", signal=name,

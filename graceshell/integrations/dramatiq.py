@@ -60,6 +60,7 @@ import functools
 import os
 import signal
 import threading
+import time
 from collections import defaultdict
 
 import dramatiq
@@ -94,16 +95,22 @@ class GraceshellMiddleware(Middleware):
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Any, jobs.track]] = {}
         self._stopping = False  # the warm shutdown has begun: no message starts any more
+        self.stopped_at: float | None = None  # when (epoch seconds), for the log
         self._requeued = False  # the messages in hand went back: their entries stay for the report
 
     def after_worker_boot(self, broker: Any, worker: Any) -> None:
         self.worker = worker
-        worker.stop = _ending_before_the_kill(worker.stop)  # worker_process() calls it with its own timeout
+        worker.stop = self._stop_in_time(worker.stop)  # worker_process() calls it with its own timeout
+        # The logger imports structlog on first use: never first in a signal
+        # handler, where another TERM (the platform's beside the forwarded one)
+        # could cut into the import.
+        _log()
 
     def stop_starting(self) -> None:
         """The warm shutdown: stop the worker threads now (Dramatiq does it up
         to a second later) and let no waiting message start."""
         self._stopping = True
+        self.stopped_at = time.time()
         for thread in list(getattr(self.worker, "workers", ())):
             thread.stop()
 
@@ -126,6 +133,22 @@ class GraceshellMiddleware(Middleware):
         _log().info("graceshell.dramatiq.not_started", pid=os.getpid(), message=message.message_id,
                     reason="the worker is stopping: the message went back to its queue")
         return True
+
+    def _stop_in_time(self, stop: Callable[..., None]) -> Callable[..., None]:
+        """Worker.stop with its timeout cut so it ends STOP_MARGIN_S before
+        graceshell's KILL (Dramatiq's default is 10 minutes). It runs in the
+        main thread, outside the signal handler: the warm shutdown is logged here."""
+
+        @functools.wraps(stop)
+        def stop_in_time(timeout: int = 600_000) -> None:
+            left = shutdown.remaining()  # None: not a stop of graceshell's
+            fitted = timeout if left is None else min(timeout, int(max(0.0, left - STOP_MARGIN_S) * 1000))
+            _log().info("graceshell.dramatiq.warm_shutdown", pid=os.getpid(), stopped_at=self.stopped_at,
+                        messages=self.running_ids(), timeout_ms=fitted,
+                        **({"given_timeout_ms": timeout} if fitted != timeout else {}))
+            stop(timeout=fitted)
+
+        return stop_in_time
 
     def after_process_message(self, broker: Any, message: Any, *, result: Any = None,
                               exception: BaseException | None = None) -> None:
@@ -255,22 +278,6 @@ def _sweep_redis_acks(broker: Any, queue_names: list[str]) -> list[dict[str, Any
         outcomes.extend({"redis_id": redis_id.decode(), "held": "in hand over", "requeued": True}
                         for redis_id in left)
     return outcomes
-
-
-def _ending_before_the_kill(stop: Callable[..., None]) -> Callable[..., None]:
-    """Worker.stop with its timeout cut so it ends STOP_MARGIN_S before
-    graceshell's KILL (Dramatiq's default is 10 minutes)."""
-
-    @functools.wraps(stop)
-    def stop_in_time(timeout: int = 600_000) -> None:
-        left = shutdown.remaining()  # None: not a stop of graceshell's
-        if left is not None and timeout > (fitted := int(max(0.0, left - STOP_MARGIN_S) * 1000)):
-            _log().info("graceshell.dramatiq.shutdown_timeout", pid=os.getpid(), given_ms=timeout,
-                        fitted_ms=fitted, reason="Worker.stop ends before graceshell's KILL")
-            timeout = fitted
-        stop(timeout=timeout)
-
-    return stop_in_time
 
 
 _middleware = GraceshellMiddleware()
