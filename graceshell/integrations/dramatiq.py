@@ -92,7 +92,9 @@ class GraceshellMiddleware(Middleware):
 
     def __init__(self) -> None:
         self.worker: Any = None
-        self._lock = threading.Lock()
+        # Reentrant: the TERM handler takes it in the main thread, which may
+        # hold it already (Worker.stop's log) when the signal comes.
+        self._lock = threading.RLock()
         self._running: dict[str, tuple[Any, jobs.track]] = {}
         self._stopping = False  # the warm shutdown has begun: no message starts any more
         self.stopped_at: float | None = None  # when (epoch seconds), for the log
@@ -229,8 +231,10 @@ def _held_by_consumer(thread: Any) -> list[tuple[Any, str]]:
             data = cache.pop(0)  # the consumer thread may take the last one first
         except IndexError:
             break
-        if data is not None:
+        try:
             held.append((MessageProxy(Message.decode(data)), "waiting"))
+        except Exception:  # noqa: BLE001 - None or undecodable: still in the ack set, the sweep gives it back
+            continue
     return held
 
 
@@ -275,7 +279,7 @@ def _sweep_redis_acks(broker: Any, queue_names: list[str]) -> list[dict[str, Any
         except Exception as exc:  # noqa: BLE001 - the process must still exit, and the log say why
             outcomes.append({"queue": queue_name, "requeued": False, "error": str(exc) or type(exc).__name__})
             continue
-        outcomes.extend({"redis_id": redis_id.decode(), "held": "in hand over", "requeued": True}
+        outcomes.extend({"redis_id": redis_id.decode(), "held": "being handed over", "requeued": True}
                         for redis_id in left)
     return outcomes
 
