@@ -60,6 +60,8 @@ def fate(huey, task_id: str, marks, label: str) -> str:
 
 
 def stop_once(tmp_path, redis_url: str, broadcast: str, wrapped: bool, kind: str) -> tuple[dict, dict, dict]:
+    if kind == "greenlet" and importlib.util.find_spec("gevent") is None:
+        raise RuntimeError("gevent is missing: Huey's greenlet workers need it (the test extra installs it)")
     queue = f"survival-{broadcast}-{int(wrapped)}-{kind}"
     module = f"survival_huey_{broadcast}_{int(wrapped)}_{kind}"
     marks = tmp_path / "marks"
