@@ -33,7 +33,10 @@ class StreamSink:
     """The end of structlog's chain: one write and one flush per line.
 
     A closed or broken stderr must never take the supervisor down, so
-    write errors are dropped here rather than raised into the loop.
+    write errors are dropped here rather than raised into the loop. So is a
+    line an integration logs from a signal handler that interrupted another
+    line's write in the same thread (RuntimeError: reentrant call): a lost
+    line, not a worker that dies in its shutdown.
     """
 
     __slots__ = ("stream",)
@@ -45,7 +48,7 @@ class StreamSink:
         try:
             self.stream.write(message + "\n")
             self.stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RuntimeError):
             pass
 
     debug = info = warning = warn = error = critical = exception = fatal = failure = err = log = msg

@@ -14,7 +14,7 @@ worker is started in code, use this module's `Worker` in place of
 `arq.worker.Worker` (one import).
 
 Read from arq 0.28 (arq/worker.py Worker.__init__, handle_sig,
-handle_sig_wait_for_completion, run_job):
+handle_sig_wait_for_completion, start_jobs, run_job, finish_job):
 
 - arq's TERM (or INT) cancels every running job at once, and arq retries it
   (retry_jobs, up to max_tries): no job is lost, but none finishes either.
@@ -28,6 +28,12 @@ handle_sig_wait_for_completion, run_job):
   notice says so) a signal is arq's cancel-and-retry. The cancelled jobs'
   ledger entries stay, marked `requeued`, so graceshell's report names
   them.
+- arq counts a try when a run starts (run_job increments arq:retry:<id>;
+  past max_tries, default 5, the job fails): a job cut short by the cold
+  step gives its try back, so deploys never use up its tries.
+- arq reads up to max_jobs job ids from the queue and starts them one by
+  one, a round trip to Redis each; it checks for the stop only before the
+  read. Under graceshell none of them starts after the stop.
 
 arq runs jobs as asyncio tasks in one process: there are no child
 processes to shield. Outside graceshell this Worker behaves exactly like
@@ -40,7 +46,9 @@ import asyncio
 import dataclasses
 import functools
 import signal
+import time
 
+from arq.constants import retry_key_prefix
 from arq.worker import Worker as _ArqWorker
 
 from graceshell import jobs, shutdown
@@ -84,6 +92,8 @@ class Worker(_ArqWorker):
             except asyncio.CancelledError:
                 cancelled_by_cold_step = shutdown.escalated()
                 if cancelled_by_cold_step:  # the entry stays: the report names the job
+                    if self.retry_jobs:
+                        await self._give_back_try(str(job_id))
                     jobs.update(str(job_id), interrupted=True, requeued=bool(self.retry_jobs))
                 raise
             finally:
@@ -91,6 +101,27 @@ class Worker(_ArqWorker):
                     tracker.__exit__(None, None, None)
 
         return run
+
+    async def _give_back_try(self, job_id: str) -> None:
+        """arq counts a run as a try when it starts it (run_job increments
+        arq:retry:<id>, and max_tries fails the job past it): a run cut short
+        by graceshell's cold step gives its try back."""
+        try:
+            await self.pool.decr(retry_key_prefix + job_id)
+        except Exception as exc:  # noqa: BLE001 - the job is still retried; it has used a try
+            _log().warning("graceshell.arq.try_not_given_back", job=job_id, error=str(exc))
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, one job at a time, stopping at the stop: arq checks
+        allow_pick_jobs only before it reads the queue, and would go on
+        starting the jobs it had read (each after a round trip to Redis)."""
+        if not shutdown.under_graceshell():
+            return await super().start_jobs(job_ids)
+        for job_id in job_ids:
+            if not self.allow_pick_jobs or self.job_counter >= self.max_jobs:
+                return None
+            await super().start_jobs([job_id])
+        return None
 
     def handle_sig(self, signum: Signals) -> None:
         if not _is_stop_under_graceshell(signum):
@@ -112,6 +143,9 @@ class Worker(_ArqWorker):
         elif not self._graceshell_warm:
             self._graceshell_warm = True
             self._job_completion_wait = None  # no limit of arq's: graceshell's cold step ends the wait
+            # (arq calls this from its event loop, not from a signal handler: it may log)
+            _log().info("graceshell.arq.warm_shutdown", signal=name, stopped_at=time.time(),
+                        jobs=[job_id for job_id, task in self.tasks.items() if not task.done()])
             super().handle_sig_wait_for_completion(signum)
         else:  # the platform's broadcast beside graceshell's own signal
             _log().info("graceshell.arq.signal_ignored", signal=name,

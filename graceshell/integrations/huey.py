@@ -13,7 +13,8 @@ without code. Where something else runs the consumer (Django's
     graceshell.integrations.huey.install(huey)
 
 Read from huey 3.5 (huey/consumer.py Consumer._handle_signal, loop, stop,
-ProcessEnvironment.init_child; huey/api.py Huey.notify_interrupted_tasks):
+Worker.loop, ProcessEnvironment.init_child, GreenletEnvironment; huey/api.py
+Huey.notify_interrupted_tasks, _execute):
 
 - Huey's graceful signal is INT (`-g` changes it), and TERM is its
   immediate shutdown: the consumer exits and thread workers die with their
@@ -24,12 +25,21 @@ ProcessEnvironment.init_child; huey/api.py Huey.notify_interrupted_tasks):
   graceshell escalates (its shutdown notice says so): then a signal is
   Huey's immediate shutdown.
 - After the immediate shutdown Huey sends SIGNAL_INTERRUPTED for each task
-  in flight; this integration puts each back on the queue (same id), and
-  its ledger entry stays, marked `requeued`, so graceshell's report names
-  it.
+  in flight; this integration puts each back on the queue (same id, and
+  the same retries left: Huey counts a retry only for a task that raised),
+  and its ledger entry stays, marked `requeued`, so graceshell's report
+  names it.
+- A worker checks its stop flag only between tasks, and an idle one waits
+  on the queue for up to a second (RedisStorage's read_timeout): a task
+  that arrives then would start after the stop. Under graceshell, from the
+  stop on, a task a worker dequeues goes back to the queue instead.
 - Process workers (`-k process`) turn TERM into a KeyboardInterrupt in the
   running task; each one ignores the platform's TERM until graceshell has
   escalated, when the consumer's own TERM interrupts the task as before.
+- Greenlet workers (`-k greenlet`, gevent) run in the consumer's process,
+  so the consumer's handler covers them; at the immediate shutdown Huey
+  raises KeyboardInterrupt in each (gevent.killall), which ends the task
+  with SIGNAL_INTERRUPTED, and it goes back as above.
 
 Outside graceshell the consumer behaves exactly like Huey's.
 """
@@ -40,6 +50,7 @@ import functools
 import os
 import signal
 import threading
+import time
 
 from huey import signals as huey_signals
 from huey.consumer import Consumer as _HueyConsumer
@@ -60,6 +71,9 @@ _log = functools.partial(logger_from_environment, "huey")
 _FINISHED = frozenset({huey_signals.SIGNAL_COMPLETE, huey_signals.SIGNAL_ERROR, huey_signals.SIGNAL_CANCELED,
                        huey_signals.SIGNAL_LOCKED, huey_signals.SIGNAL_TIMEOUT, huey_signals.SIGNAL_RATE_LIMITED,
                        huey_signals.SIGNAL_REVOKED, huey_signals.SIGNAL_EXPIRED})
+# How long a worker that put a task back waits before it looks again: the
+# consumer sets its stop flag within 0.1 s of the signal (Consumer.loop).
+_RECHECK_S = 0.2
 
 
 
@@ -153,9 +167,30 @@ def _shield_process_worker() -> None:
         signal.signal(signum, interrupt_once_escalated)
 
 
+def _no_task_after_the_stop(huey: Any) -> None:
+    """An idle worker waits on the queue for up to a second (RedisStorage's
+    read_timeout) and runs what it gets, even when the stop came meanwhile:
+    from graceshell's stop on, a task dequeued goes back to the queue."""
+    dequeue = huey.dequeue
+
+    def dequeue_unless_stopping() -> Any:
+        task = dequeue()
+        if task is None or not shutdown.requested():
+            return task
+        huey.enqueue(task)  # at the back of the queue: Huey has no way to put it at the front
+        _log().info("graceshell.huey.not_started", task=task.id, name=task.name,
+                    reason="the consumer is stopping: the task went back to its queue")
+        time.sleep(_RECHECK_S)  # the worker then sees the stop flag, instead of taking the task again
+        return None
+
+    huey.dequeue = dequeue_unless_stopping
+
+
 def install(huey: Any) -> Any:
     """Give `huey` graceshell's consumer, ledger and requeue; returns it."""
     huey.signal()(_Ledger(huey))
+    if shutdown.under_graceshell():
+        _no_task_after_the_stop(huey)
     huey.on_startup("graceshell")(_shield_process_worker)
     huey.create_consumer = lambda **options: Consumer(huey, **options)
     return huey
