@@ -33,11 +33,12 @@ def test_cells_judged_per_stop_model_and_fate(tmp_path):
         row("graceshell + preset", "all", short="completed", long="requeued"),
         row("bare", "group", sigkill=True, short="completed", long="unacked (back after 1 h)"),
         row("graceshell + preset", "group", short="completed", long="requeued"),
-        row("graceshell + preset", "all", short="completed", long="queued") | {"model": "threads"},
+        row("graceshell + preset", "all", short="completed", long="queued (never started)") | {"model": "threads"},
+        row("bare", "all", short="completed", long="requeued (cut short)") | {"model": "threads"},
     ])
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith(("| celery | solo", "| celery | threads"))]
-    assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["better", "better", "no bare run"]
+    assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["better", "better", "same"]
     assert "(platform SIGKILL)" in lines[1]
     assert "| celery | 20 s | 20 s | 5 s | 5 s | 2 s |" in out.stdout  # usable grace, from check
 

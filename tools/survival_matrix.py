@@ -37,8 +37,9 @@ BEGIN, END = "<!-- survival-matrix:begin -->", "<!-- survival-matrix:end -->"
 # What a job's fate is worth to its owner, best first: a job that completed,
 # a job safe in its queue (it never started, or went back at once), a job
 # that comes back only after a timeout, and a job that is gone.
-FATE_RANK = {"completed": 3, "requeued": 2, "queued": 2}
-DELAYED = ("unacked", "stuck", "retry", "scheduled")
+# A fate may say more after its first word ("queued (never started)").
+FATE_RANK = {"completed": 3, "requeued": 2, "queued": 2, "rescheduled": 2}
+DELAYED = ("unacked", "stuck", "retry", "scheduled", "locked")
 ROW_KEYS = ("framework", "model", "broadcast", "setup", "platform_sigkill")
 STOP_MODELS = {"all": "every process", "group": "PID 1 / group"}
 
@@ -49,8 +50,9 @@ PRESETS = ["celery", "rq", "dramatiq", "huey", "arq", "sidekiq", "delayed_job"]
 
 
 def fate_rank(fate: str) -> int:
-    if fate in FATE_RANK:
-        return FATE_RANK[fate]
+    first = fate.split(" ", 1)[0].strip(",:")
+    if first in FATE_RANK:
+        return FATE_RANK[first]
     return 1 if fate.startswith(DELAYED) else 0
 
 
