@@ -2,22 +2,25 @@
 stop on redis-server: bare beside graceshell with the celery preset.
 
 The cells: pools prefork, threads, gevent and eventlet (three tasks at
-once: a short one, a long early-ack one, a long acks_late one), the solo
-pool (one task in hand: short, long, or long with acks_late), and
-Celery 5.5's soft shutdown (`worker_soft_shutdown_timeout`) on prefork.
-Every worker also has a backlog queued behind the tasks in hand, larger than
-its prefetch (Celery's default multiplier, 4 per slot): after the stop the
-worker must start none of it. Each cell is stopped both ways (TERM to every
-process, TERM to the process group only), bare and under graceshell, and all
-of them at once: each mostly waits on a sleeping task or a timeout.
+once: a short one, which runs until the stop and 1.5 s more, a 60 s
+early-ack one and a 60 s acks_late one), the solo pool (one task in hand:
+the short one, or a 60 s one with early ack or acks_late), and Celery 5.5's
+soft shutdown (`worker_soft_shutdown_timeout`) on prefork. Every worker has
+a backlog queued behind the tasks in hand, larger than its prefetch
+(Celery's default multiplier, 4 per slot). Each cell is stopped both ways
+(TERM to every process, TERM to the process group only), bare and under
+graceshell, and all of them at once: each mostly waits on a sleeping task
+or a timeout.
 
-Under graceshell the rule is asserted: no job does worse than bare, the
-worker starts no new job after the stop, the short job completes, the
-acks_late job is back in its queue at once (not in Redis's `unacked` hash,
-which only another worker's restore brings back, after the visibility
-timeout), and every job that is not back is named in the orphan report.
-A long task without acks_late is acknowledged when it starts: a stop that
-does not let it finish loses it, bare or not; it must be named.
+Under graceshell the rule is asserted: no task in hand does worse than
+bare, the short task completes, a 60 s task whose message the broker still
+holds is back in its queue at once (not in Redis's `unacked` hash, which
+only another worker's restore brings back, after the visibility timeout),
+the solo worker starts none of its backlog after the stop, and every task
+that is neither done nor back is named in the orphan report. A 60 s task
+that Celery acknowledged when it started cannot be given back, bare or not.
+A pool of several slots starts, after the stop, the backlog tasks Celery
+had already handed to it, bare as well: recorded, and allowed.
 """
 
 import textwrap
