@@ -2,8 +2,8 @@
 stop on redis-server: bare beside graceshell with the celery preset.
 
 The cells: pools prefork, threads, gevent and eventlet (three tasks at
-once: a short one, which runs until the stop and 1.5 s more, a 60 s
-early-ack one and a 60 s acks_late one), the solo pool (one task in hand:
+once: a short one, which runs until the worker has its stop and 1.5 s
+more, a 60 s early-ack one and a 60 s acks_late one), the solo pool (one task in hand:
 the short one, or a 60 s one with early ack or acks_late), and Celery 5.5's
 soft shutdown (`worker_soft_shutdown_timeout`) on prefork. Every worker has
 a backlog queued behind the tasks in hand, larger than its prefetch
@@ -68,10 +68,10 @@ def work_late(self, seconds):
 
 @app.task(name="work_from_the_stop", bind=True)
 def work_from_the_stop(self, seconds):
-    # Running at the stop, whatever the machine's load, and then `seconds` more.
+    # Running when the worker gets its stop, whatever the machine's load, and then `seconds` more.
     marks = os.environ["MARKS_DIR"]
     open(os.path.join(marks, "started-" + self.request.id), "w").close()
-    while not os.path.exists(os.environ["STOP_FLAG"]):
+    while not os.path.exists(os.environ["STOPPED_FLAG"]):
         time.sleep(0.02)
     time.sleep(seconds)
     open(os.path.join(marks, "done-" + self.request.id), "w").close()
@@ -79,9 +79,12 @@ def work_from_the_stop(self, seconds):
 
 PREFETCH_MULTIPLIER = 4  # Celery's default
 POOLS = ("prefork", "threads", "gevent", "eventlet")
-# The short job in hand runs until the stop, then SHORT seconds more: it is
-# running at the stop however loaded the machine, and fits the warm phase.
+# The short job in hand runs until the worker has its stop (Celery prints
+# its warm shutdown), then SHORT seconds more: it is running at the stop
+# however loaded the machine (the drill's stop came more than 3 s after the
+# test asked for it at a load average of 60), and fits the warm phase.
 SHORT_IN_HAND = ("work_from_the_stop", SHORT)
+STOP_SEEN = b"Warm shutdown (MainProcess)"  # celery/apps/worker.py, at the worker's TERM
 SOLO_IN_HAND = {"short": SHORT_IN_HAND, "long": ("work", LONG), "long acks_late": ("work_late", LONG)}
 BROADCASTS = ("all", "group")
 WRAPPED = (True, False)
@@ -101,7 +104,7 @@ class Cell:
         (tmp / "survival_models.py").write_text(textwrap.dedent(APP))
         self.ready = tmp / "ready.flag"
         env = clean_env(PYTHONPATH=str(tmp), REDIS_URL=redis_url, MARKS_DIR=str(self.marks), QUEUE=self.queue,
-                        STOP_FLAG=str(self.ready),
+                        STOPPED_FLAG=str(tmp / "stopped.flag"),
                         **({"SOFT_SHUTDOWN_S": f"{soft_shutdown:g}"} if soft_shutdown else {}))
         args = ["--broadcast", broadcast, "--preset", "celery", *([] if wrapped else ["--no-wrap"]), "--",
                 str(BIN / "celery"), "-A", "survival_models", "worker", "--pool", pool, "-c", str(concurrency),
@@ -133,6 +136,12 @@ class Cell:
                                 for _ in range(backlog)]
             self.ready.touch()
             stopped_at = self.ready.stat().st_mtime
+            try:
+                wait_for(lambda: STOP_SEEN in self.log.read_bytes(), 10, "the worker's warm shutdown")
+            except AssertionError:
+                pass  # a worker that ignores its stop: the fates show what it did instead
+            finally:
+                (self.log.parent / "stopped.flag").touch()
             result = finish(self.proc)
             fates = {label: self.fate(task_id, stopped_at) for label, task_id in self.ids.items()}
             backlog_fates = Counter(self.fate(task_id, stopped_at) for task_id in self.backlog)
@@ -237,18 +246,26 @@ def assert_the_rule(stops: dict, cell: str, broadcast: str) -> None:
     if "long acks_late job" in every:
         assert every["long acks_late job"] == "requeued", picture
     backlog = {label: fate for label, fate in every.items() if label.startswith("backlog")}
-    if CELLS[cell]["pool"] == "solo":
-        assert set(backlog.values()) == {"queued"}, picture
-    else:
+    allowed = {"queued"}
+    if CELLS[cell]["pool"] != "solo":
         # A pool of several slots runs what Celery handed it before the stop
         # (billiard's pipes, the threads' executor, a greenlet waiting for a
-        # slot), bare as well: such a job starts after the stop. The rest of
-        # the backlog stays queued.
-        assert set(backlog.values()) <= {"queued", "started after the stop"}, picture
+        # slot), bare as well: such a job starts after the stop.
+        allowed.add("started after the stop")
+    overran = result["outcome"] == "killed" and CELLS[cell]["pool"] == "prefork"
+    if overran:
+        # Prefork's cold shutdown ran over its reserve (3 s; it takes 1.2 to
+        # 2.6 s, more on a machine loaded far beyond its cores): the
+        # prefetched tasks, which Celery puts back only when it closes its
+        # connection, may be left in Redis's unacked hash, never started and
+        # so not in the ledger. Known, and recorded in the table.
+        allowed.add("unacked (back after the visibility timeout)")
+    assert set(backlog.values()) <= allowed, picture
     reported = {orphan["id"] for orphan in result["orphaned_jobs"]}
     done = {label for label in every if (Path(jobs["marks"]) / f"done-{jobs['ids'][label]}").exists()}
     unreported = {label for label, fate in every.items()
-                  if fate not in ("requeued", "queued") and label not in done and jobs["ids"][label] not in reported}
+                  if fate not in ("requeued", "queued") and label not in done and jobs["ids"][label] not in reported
+                  and not (overran and label in backlog)}
     assert unreported == set(), picture
 
 
