@@ -29,15 +29,18 @@ consumer.py, celery/worker/request.py, celery/concurrency/*.py, billiard/pool.py
   are fitted to graceshell's plan. A soft shutdown the user configured
   (`worker_soft_shutdown_timeout`, Celery 5.5+; it waits that long before
   cancelling) is cut to what the KILL leaves after Celery's cold shutdown.
-  And the acks_late tasks that Celery cancels are given back to the broker
-  at once (rejected with requeue) in every pool: Celery leaves that to the
-  broker, which gets them back only if the worker closes its connection
-  before the KILL (prefork), and loses them where a cancelled task counts
-  as a success (a killed gevent or eventlet greenlet) or a failure (solo,
-  threads: their pools cannot cancel, and the error lands in the task).
+  And the tasks Celery cancels whose message is not yet acknowledged (those
+  with acks_late; on Redis also the solo pool's early-ack task, whose ack
+  waits for the event loop the task holds) are rejected with requeue, in
+  every pool, before Celery cancels them: Celery leaves them to the
+  worker's closing connection, which comes only if the cold shutdown ends
+  before the KILL (prefork), and acknowledges them where a cancelled task
+  counts as a success (a killed gevent or eventlet greenlet) or a failure
+  (solo, threads: their pools cannot cancel, and the error lands in the
+  task).
 
-Tasks without acks_late are acknowledged when they start; a cold shutdown
-cannot give them back. They stay in the ledger and are reported by id.
+Other tasks without acks_late are acknowledged when they start; a cold
+shutdown cannot give them back. They stay in the ledger and are reported by id.
 Outside graceshell nothing changes but a dictionary lookup per task.
 """
 
