@@ -8,27 +8,39 @@ module, in every worker. Where graceshell lives elsewhere, one line does it:
 
     import graceshell.integrations.celery     # where the Celery app is created
 
-Read from celery 5.x (celery/apps/worker.py, celery/concurrency/prefork.py,
-billiard/pool.py, billiard/common.py):
+Read from celery 5.5-5.7 (celery/apps/worker.py, celery/worker/consumer/
+consumer.py, celery/worker/request.py, celery/concurrency/*.py, billiard/pool.py):
 
-- A platform that signals every process (Heroku) sends SIGTERM to the pool
-  processes too, and billiard installs a handler there that exits at once:
-  the running task dies (WorkerLostError) although the main process's warm
-  shutdown would have let it finish. Here each pool process, before its
-  first task, replaces that handler: a SIGTERM during graceshell's warm
-  phase is ignored; once graceshell has escalated (its shutdown notice says
-  so), SIGTERM runs billiard's own handler as before. That matters because
-  Celery's cold shutdown (the QUIT that the celery preset sends at
-  budget-5s) cancels running tasks by sending SIGTERM to their pool
-  processes: those must then obey, so that tasks with acks_late go back to
-  the broker before the final kill.
-- The handler is installed at task_prerun, not worker_process_init, because
-  billiard resets the signal handlers after the initializer has run.
-- The main process is left alone: Celery already takes one TERM as its warm
-  shutdown and ignores repeats.
+- Pool processes: only prefork has them. A platform that signals every
+  process (Heroku) sends SIGTERM to them too, and billiard installs a
+  handler there that exits at once: the running task dies (WorkerLostError)
+  although the main process's warm shutdown would have let it finish. Here
+  each pool process, before its first task, replaces that handler: a
+  SIGTERM during graceshell's warm phase is ignored; once graceshell has
+  escalated (its shutdown notice says so), SIGTERM runs billiard's own
+  handler, as Celery's cold shutdown (the preset's QUIT) expects when it
+  cancels the tasks in hand. The handler is installed at task_prerun, not
+  worker_process_init, because billiard resets the signal handlers after
+  the initializer has run. The solo pool sends worker_process_init too, but
+  in the main process, which must keep Celery's TERM (its warm shutdown):
+  a pool process is one that billiard started, whatever the signal says.
+- The main process keeps its signals: Celery takes one TERM as its warm
+  shutdown and ignores repeats. At graceshell's cold step (QUIT) two things
+  are fitted to graceshell's plan. A soft shutdown the user configured
+  (`worker_soft_shutdown_timeout`, Celery 5.5+; it waits that long before
+  cancelling) is cut to what the KILL leaves after Celery's cold shutdown.
+  And the tasks Celery cancels whose message is not yet acknowledged (those
+  with acks_late; on Redis also the solo pool's early-ack task, whose ack
+  waits for the event loop the task holds) are rejected with requeue, in
+  every pool, before Celery cancels them: Celery leaves them to the
+  worker's closing connection, which comes only if the cold shutdown ends
+  before the KILL (prefork), and acknowledges them where a cancelled task
+  counts as a success (a killed gevent or eventlet greenlet) or a failure
+  (solo, threads: their pools cannot cancel, and the error lands in the
+  task).
 
-Tasks without acks_late are acknowledged when they start; a cold shutdown
-cannot give them back. They stay in the ledger and are reported by id.
+Other tasks without acks_late are acknowledged when they start; a cold
+shutdown cannot give them back. They stay in the ledger and are reported by id.
 Outside graceshell nothing changes but a dictionary lookup per task.
 """
 
@@ -37,6 +49,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 
 import click
 from celery import signals
@@ -56,18 +69,24 @@ _running: dict[str, jobs.track] = {}
 _in_pool_process = False
 _celery_term_handler: Any = None
 _shield_installed = False
-_interrupted = False  # graceshell's cold shutdown reached this process mid-task
+# Tasks that graceshell's cold shutdown cut: their ledger entries stay for the report.
+_cut: set[str] = set()
 _told_ignored = False  # the warm phase's ignored TERM is logged once per pool process
 
 
 @signals.worker_process_init.connect(weak=False)
 def _pool_process_started(**_: Any) -> None:
+    # Celery tells its own main process from a pool process by billiard's
+    # process name (celery/apps/worker.py); the solo pool sends this signal
+    # in the main process.
+    from billiard.process import current_process
+
     global _in_pool_process
-    _in_pool_process = True
+    _in_pool_process = current_process()._name != "MainProcess"
 
 
 def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
-    global _interrupted, _told_ignored
+    global _told_ignored
     if not shutdown.escalated():
         # The platform's broadcast: the warm shutdown lets this task finish.
         if not _told_ignored:
@@ -77,7 +96,7 @@ def _term_in_pool_process(signum: int, frame: FrameType | None) -> None:
         return
     # Celery's cold shutdown is cancelling the task in hand. Its ledger entry
     # stays, so the report names it; with acks_late the broker redelivers it.
-    _interrupted = True
+    _cut.update(_running)
     for task_id, tracker in _running.items():
         jobs.update(task_id, interrupted=True, requeued=bool(tracker.extra.get("acks_late")))
     _log().warning("graceshell.celery.cold_shutdown", pid=os.getpid(),
@@ -119,8 +138,129 @@ def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> Non
 @signals.task_postrun.connect(weak=False)
 def _task_finished(task_id: str | None = None, **_: Any) -> None:
     tracker = _running.pop(task_id or "", None)
-    if tracker is not None and not _interrupted:
+    if tracker is not None and task_id not in _cut:
         tracker.__exit__(None, None, None)
+
+
+@signals.worker_ready.connect(weak=False)
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    """In the main process, once the consumer runs: fit its cold shutdown to graceshell's plan."""
+    if not shutdown.under_graceshell() or sender is None:
+        return
+    controller = getattr(sender, "controller", None)
+    if hasattr(controller, "wait_for_soft_shutdown"):  # Celery 5.5+
+        controller.wait_for_soft_shutdown = _soft_shutdown_within_the_budget(controller)
+    if hasattr(sender, "cancel_active_requests"):
+        sender.cancel_active_requests = _cancel_and_give_back(sender)
+
+
+def _soft_shutdown_within_the_budget(controller: Any) -> Any:
+    """Celery's soft shutdown, cut so that its cold shutdown still ends before graceshell's KILL."""
+    wait = controller.wait_for_soft_shutdown
+
+    def wait_for_soft_shutdown() -> None:
+        conf = controller.app.conf
+        wanted = float(conf.worker_soft_shutdown_timeout or 0)
+        left = shutdown.remaining()
+        if wanted > 0 and left is not None:
+            from graceshell.config.presets import PRESETS
+
+            # What Celery's cancellation and exit need after the wait: the preset's cold floor.
+            fitted = round(max(0.0, min(wanted, left - PRESETS["celery"].cold_floor)), 3)
+            if fitted < wanted:
+                conf.worker_soft_shutdown_timeout = fitted
+                _log().info("graceshell.celery.soft_shutdown_fitted", configured_s=wanted, fitted_s=fitted,
+                            kill_in_s=round(left, 3),
+                            reason="graceshell's warm phase was the wait; the cold shutdown must end before "
+                                   "the KILL")
+        wait()
+
+    return wait_for_soft_shutdown
+
+
+def _cancel_and_give_back(consumer: Any) -> Any:
+    """Celery's cancellation of the tasks in hand, with those whose message is not yet acknowledged
+    given back to the broker first: back in the queue at once, whatever the pool makes of the
+    cancellation (eventlet's kill runs the task's success path, and its ack, before it returns)."""
+    cancel = consumer.cancel_active_requests
+
+    def cancel_active_requests() -> None:
+        hub = _eventlet_hub()
+        if hub is not None:
+            # The QUIT handler runs in eventlet's hub, in the middle of its
+            # loop, and Celery's own cold shutdown cannot finish there ("Cannot
+            # switch to MAINLOOP from MAINLOOP"): the cancellation runs once the
+            # hub is back at its loop, which then ends the worker, and the
+            # worker's closing connection restores the messages in hand (a
+            # reject from the hub cannot reach the broker, "do not call
+            # blocking functions from the mainloop", but it keeps the killed
+            # task's success path from acknowledging its message).
+            hub.schedule_call_global(0, give_back_and_cancel)
+        else:
+            give_back_and_cancel()
+
+    def give_back_and_cancel() -> None:
+        from celery.worker import state
+
+        # The requests Celery cancels (Consumer.cancel_active_requests): all
+        # but the acks_late ones already acknowledged. Those whose message the
+        # broker still holds for this worker go back: acks_late ones, and
+        # early-ack ones whose ack has not gone out yet.
+        in_hand = [request for request in tuple(state.active_requests)
+                   if not request.task.acks_late or not request.acknowledged]
+        back = [request for request in in_hand if not request.acknowledged]
+        pending_ack = [request for request in in_hand if request.acknowledged and _ack_not_sent(request)]
+        given_back = {request.id for request in back + pending_ack}
+        _cut.update(request.id for request in in_hand)
+        for request in back:
+            request.reject(requeue=True)
+        for request in pending_ack:
+            # The solo pool's early ack waits for the event loop, which the
+            # task holds: the broker still has the message as unacked. Back to
+            # the queue now; the ack that follows finds nothing to remove.
+            message = request.message
+            message.channel.basic_reject(message.delivery_tag, requeue=True)
+        for request in in_hand:
+            jobs.update(request.id, interrupted=True, requeued=request.id in given_back)
+        _log().warning("graceshell.celery.requeue", pid=os.getpid(),
+                       tasks=[{"id": request.id, "requeued": request.id in given_back} for request in in_hand])
+        try:
+            # Rejected, acks_late ones count as acknowledged: Celery would leave them running.
+            for request in back:
+                if request.task.acks_late:
+                    request.cancel(consumer.pool, **_without_retry(request))
+        finally:
+            cancel()
+
+    return cancel_active_requests
+
+
+def _ack_not_sent(request: Any) -> bool:
+    """An early ack Celery has made but not yet sent (it waits for the event loop), on Redis, where a
+    reject before it is safe: the late ack then removes nothing (kombu/transport/redis.py QoS)."""
+    message = getattr(request, "message", None)
+    channel = getattr(message, "channel", None)
+    transport = getattr(channel, "connection", None)
+    return (message is not None and not message.acknowledged
+            and getattr(transport, "driver_type", None) == "redis")
+
+
+def _eventlet_hub() -> Any:
+    """eventlet's hub, when this code runs in it (an eventlet pool's signal handler); else None."""
+    if "eventlet" not in sys.modules:
+        return None
+    import greenlet
+    from eventlet.hubs import get_hub
+
+    hub = get_hub()
+    return hub if hub.greenlet is greenlet.getcurrent() else None
+
+
+def _without_retry(request: Any) -> dict[str, bool]:
+    """A cancelled acks_late task is redelivered, not retried: Celery 5.6+ can be told so."""
+    import inspect
+
+    return {"emit_retry": False} if "emit_retry" in inspect.signature(request.cancel).parameters else {}
 
 
 @signals.task_revoked.connect(weak=False)
