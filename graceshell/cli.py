@@ -262,8 +262,8 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                           "under start, each process gets PORT +100 per type, +1 per instance; $GRACESHELL_HTTP"),
         click.option("--interruption-notices", metavar="CLOUD", type=PROVIDER,
                      envvar="GRACESHELL_INTERRUPTION_NOTICES",
-                     help="aws, gcp, azure or auto: start the stop at the cloud's spot/preemption notice, before its SIGTERM (off by "
-                          "default); $GRACESHELL_INTERRUPTION_NOTICES"),
+                     help="aws, gcp, azure or auto: start the stop at the cloud's spot/preemption notice, "
+                          "before its SIGTERM (off by default); $GRACESHELL_INTERRUPTION_NOTICES"),
         click.option("--metadata-url", metavar="URL", type=URL,
                      help="base URL of the instance metadata service (default: the provider's own)"),
         click.option("--log-format", type=click.Choice(FORMATS), envvar=LOG_FORMAT_ENV,

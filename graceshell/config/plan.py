@@ -85,6 +85,12 @@ class RunPlan:
                 warm = step.signal
         return warm
 
+    def notice_signal(self) -> int:
+        """The stop signal an interruption notice stands for: the platform's, when it is one of ours."""
+        if self.platform.stop_signal in self.stop_signals:
+            return int(self.platform.stop_signal)
+        return int(signal.SIGTERM) if signal.SIGTERM in self.stop_signals else min(self.stop_signals)
+
     def first_signal(self, received: int) -> int:
         """What the worker gets at t=0 for a stop signal `received`.
 

@@ -37,7 +37,8 @@ MAX_CONNECTIONS = 16
 ACCEPTS_PER_TURN = 16
 BACKLOG = 16
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Request Entity Too Large", 500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+            413: "Request Entity Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable"}
 
 
 def response(status: int, content_type: str, body: bytes, head_only: bool = False) -> bytes:
