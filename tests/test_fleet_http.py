@@ -232,3 +232,24 @@ def test_start_gives_each_process_its_own_endpoint_with_its_restarts(tmp_path):
         proc.wait(15)
     finally:
         kill_tree(proc)
+
+
+def test_the_kubernetes_example_probes_graceshells_own_endpoint(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from conftest import check_json, clean_env
+
+    manifest = Path(__file__).resolve().parent.parent / "examples" / "kubernetes" / "worker.yaml"
+    (deployment,) = [d for d in yaml.safe_load_all(manifest.read_text()) if d and d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {var["name"]: var["value"] for var in container["env"] if "value" in var}
+    (tmp_path / "Procfile").write_text("worker: " + " ".join(container["args"]) + "\n")
+    entry = check_json(tmp_path, "worker", env=clean_env(**env))["processes"][0]
+    host, _, port = entry["http"]["value"].rpartition(":")
+    assert host == "0.0.0.0"  # the kubelet probes the pod's IP, not its loopback
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/livez" and ports[probe["port"]] == int(port)
+    assert "readinessProbe" not in container  # a worker has no Service
