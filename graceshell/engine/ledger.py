@@ -48,9 +48,11 @@ def entry_names(jobs_dir: str, ordered: bool = True) -> list[str]:
 
 
 def oldest_entry_time(jobs_dir: str, limit: int = MAX_ORPHANS_READ) -> float | None:
-    """When the oldest job in flight started (its file's modification time:
-    the entry is written once, at the start), looking at most at `limit`
-    files; None when there is none."""
+    """When the oldest job in flight started, looking at most at `limit`
+    files; None when there is none. It is the entry's modification time: the
+    entry is written at the job's start and again only by a rare
+    jobs.update(), and a stat is cheap where parsing every entry on each
+    /busy would not be."""
     oldest = None
     try:
         with os.scandir(jobs_dir) as entries:
