@@ -230,7 +230,7 @@ class Azure:
         stopping.wait(POLL_INTERVAL)
 
 
-PROVIDERS = {"aws": Aws, "gcp": Gcp, "azure": Azure}
+PROVIDERS: dict[str, type[Aws] | type[Gcp] | type[Azure]] = {"aws": Aws, "gcp": Gcp, "azure": Azure}
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
