@@ -181,6 +181,22 @@ def test_nothing_is_opened_when_the_options_are_off(graceshell, worker):
     assert "graceshell.http" not in run.stderr()
 
 
+def test_nothing_of_the_fleet_is_imported_when_the_options_are_off():
+    import subprocess
+    import sys
+
+    from conftest import clean_env
+
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "graceshell", "run", "--platform", "none",
+                           "--log-format", "json", "--", "true"], env=clean_env(), capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "graceshell.engine.supervisor" in imported  # the listing is read right
+    assert not {name for name in imported
+                if name.startswith(("graceshell.fleet", "prometheus_client", "socket", "urllib", "http"))}
+
+
 def test_a_port_in_use_is_logged_and_the_worker_runs_on(graceshell, worker):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
