@@ -4,11 +4,10 @@ from its deadline, and no broken service can crash or delay graceshell."""
 
 import json
 import signal
+import sys
 import time
 
-import pytest
-
-from conftest import wait_for
+from conftest import WORKER, Run, wait_for
 from fake_metadata import Fake, RawServer, refused_url
 from graceshell.fleet.notices import POLL_INTERVAL
 from test_fleet_http import free_port, metrics, serving
@@ -101,32 +100,31 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
-def test_broken_metadata_services_neither_crash_nor_delay_graceshell(graceshell, worker, provider, tmp_path):
+def test_broken_metadata_services_neither_crash_nor_delay_graceshell(tmp_path):
+    """Every provider against every broken service, all at once (15 graceshells)."""
     servers = {name: make() for name, make in BROKEN.items()}
     runs = {}
     try:
-        for name, server in servers.items():
-            url = server if isinstance(server, str) else server.url
-            state = tmp_path / name.replace(" ", "-")
-            state.mkdir()
-            from conftest import Run, WORKER
-            import sys
-
-            runs[name] = Run(state, notices("--interruption-notices", provider, "--metadata-url", url, "--",
-                                            sys.executable, WORKER, str(state)), None)
+        for provider in ("aws", "gcp", "azure"):
+            for name, server in servers.items():
+                url = server if isinstance(server, str) else server.url
+                state = tmp_path / f"{provider}-{name.replace(' ', '-')}"
+                state.mkdir()
+                runs[provider, name] = Run(state, notices("--interruption-notices", provider, "--metadata-url", url,
+                                                          "--", sys.executable, WORKER, str(state)), None)
         for run in runs.values():
-            run.ready()
+            run.ready(30)
         time.sleep(1.0)  # a poll or two meets each broken service
-        for name, run in runs.items():
+        for run in runs.values():
             run.kill(signal.SIGTERM)
-        for name, run in runs.items():
-            assert run.wait(10) == 128 + signal.SIGTERM, (name, run.stderr())
+        for key, run in runs.items():
+            assert run.wait(10) == 128 + signal.SIGTERM, (key, run.stderr())
             report = run.report()
-            assert report["outcome"] == "clean" and report["shutdown_s"] < 1.0, (name, report)
+            assert report["outcome"] == "clean" and report["shutdown_s"] < 1.0, (key, report)
             assert "Traceback" not in run.stderr() and "graceshell.interruption\"" not in run.stderr()
-        for name in ("garbage", "refused", "404"):
-            assert "graceshell.interruption_problem" in runs[name].stderr(), name
+        for key, run in runs.items():
+            if key[1] in ("garbage", "refused", "404"):
+                assert "graceshell.interruption_problem" in run.stderr(), key
     finally:
         for run in runs.values():
             run.cleanup()

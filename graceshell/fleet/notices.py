@@ -259,7 +259,8 @@ class Watcher:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards the queue, and the pipe's fds against close()
+        self.closed = False
         self.queue: list[tuple[str, Any]] = []  # ("notice", Notice) | ("problem", text) | ("start", provider)
         self.stopping = threading.Event()
         self.worker_down = threading.Event()
@@ -273,12 +274,14 @@ class Watcher:
 
     def take(self) -> list[tuple[str, Any]]:
         """What the thread found since the last call (the loop calls it when the pipe is readable)."""
-        try:
-            while os.read(self.read_fd, 512):
-                pass
-        except BlockingIOError:
-            pass
         with self.lock:
+            if self.closed:
+                return []
+            try:
+                while os.read(self.read_fd, 512):
+                    pass
+            except BlockingIOError:
+                pass
             found, self.queue = self.queue, []
         return found
 
@@ -294,20 +297,21 @@ class Watcher:
         if self.worker_down.is_set() and self.acking.is_set() and not self.acked.is_set():
             self.acked.wait(ACK_WAIT)
         left = self.take()
-        for fd in (self.read_fd, self.write_fd):
-            try:
+        with self.lock:  # the thread may run on: it must never write to a closed (reused) fd number
+            self.closed = True
+            for fd in (self.read_fd, self.write_fd):
                 os.close(fd)
-            except OSError:
-                pass
         return left
 
     def _put(self, kind: str, item: Any) -> None:
         with self.lock:
+            if self.closed:
+                return
             self.queue.append((kind, item))
-        try:
-            os.write(self.write_fd, b"!")
-        except OSError:  # full (the loop has news waiting already) or closed (graceshell is leaving)
-            pass
+            try:
+                os.write(self.write_fd, b"!")
+            except BlockingIOError:  # full: the loop has news waiting already
+                pass
 
     def _run(self) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # every signal is the main thread's
