@@ -94,7 +94,8 @@ others are stopped, unless its `restart:` is on-failure or always (then it
 is restarted with a backoff of 1s, 2s, 4s... up to `restart_limit` times a
 minute). Each process gets PORT (base +100 per type, +1 per instance) and
 GRACESHELL_PROCESS (worker.1). With --http (or `http:`), each process
-serves its own endpoint, numbered the same way from the port given.
+serves its own endpoint, numbered the same way from the port given (from a
+type's own `http:`, +1 per instance only).
 
 \b
 exit status: that of the process that ended the run, or 0 when a stop
@@ -466,11 +467,15 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
         argv = sources.process_command(process_type)
         settings = sources.settings_for(process_type, flags)
         base_http = settings.get("http")
+        # A port written for this type alone is its own: only its instances are numbered from it.
+        own_port = "http" not in flags and ("http" in sources.inline.get(process_type, {}) or (
+            sources.config is not None and "http" in sources.config.processes.get(process_type, {})))
+        type_offset = 0 if own_port else PORT_STEP_PER_TYPE * type_index
         for number in range(1, counts[process_type] + 1):
             instance_name = f"{process_type}.{number}"
             settings["name"] = Setting(instance_name, Origin("start"))
             if base_http is not None:  # one endpoint per process, numbered as PORT is
-                settings["http"] = _instance_address(base_http, PORT_STEP_PER_TYPE * type_index + number - 1)
+                settings["http"] = _instance_address(base_http, type_offset + number - 1)
             plan = make_plan(argv, settings, environ)  # every plan is checked before anything starts
             env = {**environ, "PORT": str(first_port + PORT_STEP_PER_TYPE * type_index + number - 1),
                    "GRACESHELL_PROCESS": instance_name}

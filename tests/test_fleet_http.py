@@ -231,20 +231,24 @@ def test_start_gives_each_process_its_own_endpoint_with_its_restarts(tmp_path):
 
     from conftest import clean_env, kill_tree
 
-    port = free_port()
-    (tmp_path / "Procfile").write_text("worker: sleep 1.5\n")
-    (tmp_path / "graceshell.yml").write_text("processes:\n  worker:\n    restart: always\n")
-    proc = subprocess.Popen([sys.executable, "-m", "graceshell", "start", "--platform", "none", "-c", "worker=2",
-                             "--http", f"127.0.0.1:{port}"], cwd=tmp_path, env=clean_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base, own = free_port(), free_port()
+    (tmp_path / "Procfile").write_text("web: sleep 30\nworker: sleep 1.5\n")
+    (tmp_path / "graceshell.yml").write_text(f"http: 127.0.0.1:{base}\nprocesses:\n  worker:\n    restart: always\n"
+                                             f"  web:\n    http: 127.0.0.1:{own}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "graceshell", "start", "--platform", "none", "-c", "worker=2"],
+                            cwd=tmp_path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        def restarted(number: int) -> bool:
+        def restarted(port: int) -> bool:
             try:
-                return metrics(port + number)["graceshell_restarts_total"][()] == 1
+                return metrics(port)["graceshell_restarts_total"][()] == 1
             except (OSError, KeyError, AssertionError):
                 return False
 
-        wait_for(lambda: restarted(0) and restarted(1), 15, "both processes restarted, each on its own port")
+        # worker is the second type: +100 from the shared port, +1 per instance.
+        wait_for(lambda: restarted(base + 100) and restarted(base + 101), 15,
+                 "both workers restarted, each on its own port")
+        assert get(own, "/livez")[0] == 200  # web's own port, as written
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(15)
     finally:
