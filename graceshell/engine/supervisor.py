@@ -283,9 +283,7 @@ class Supervisor:
             self._reap(selector)
             self._fire_due(time.monotonic())
             if self.fleet is not None:
-                for callback, events in callbacks:
-                    callback(events)
-                self.fleet.on_time(time.monotonic())
+                self.fleet.dispatch(callbacks, time.monotonic())
             if self.main_status is not None and not self.children_remain:
                 return
             if self.kill_fired_at is not None and time.monotonic() >= self.kill_fired_at + REAP_GRACE:

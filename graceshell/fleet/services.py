@@ -110,9 +110,35 @@ class Fleet:
     def deadline(self) -> float | None:
         return self.endpoint.deadline() if self.endpoint is not None else None
 
-    def on_time(self, now: float) -> None:
+    def dispatch(self, ready: list[tuple[Callable[[int], None], int]], now: float) -> None:
+        """Serve the fleet's fds the loop found ready, then close what is past its deadline.
+
+        A bug in the endpoint is logged and ends the endpoint, never the
+        supervision (the loop's internal-error path would kill the worker's
+        tree). A notice goes on to the supervisor as it is.
+        """
+        for callback, events in ready:
+            if callback == self._on_watcher:
+                callback(events)
+                continue
+            try:
+                callback(events)
+            except Exception as exc:  # noqa: BLE001 - see above
+                self._endpoint_failed(exc)
         if self.endpoint is not None:
-            self.endpoint.expire(now)
+            try:
+                self.endpoint.expire(now)
+            except Exception as exc:  # noqa: BLE001 - see above
+                self._endpoint_failed(exc)
+
+    def _endpoint_failed(self, exc: Exception) -> None:
+        if self.endpoint is None:
+            return
+        self.log.error("graceshell.http_failed", error=repr(exc)[:300], action="closed; supervision goes on")
+        try:
+            self.endpoint.close()
+        finally:
+            self.endpoint = None
 
     def close(self) -> None:
         if self.watcher is not None:
