@@ -159,6 +159,6 @@ class RawServer:
 
 
 def refused_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once it is closed
+    from fleet_helpers import free_port
+
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there

@@ -10,7 +10,7 @@ import time
 from conftest import WORKER, Run, wait_for
 from fake_metadata import Fake, RawServer, refused_url
 from graceshell.fleet.notices import POLL_INTERVAL
-from test_fleet_http import free_port, metrics, serving
+from fleet_helpers import free_port, get, metrics, serving
 
 
 def notices(*args: str) -> list[str]:
@@ -34,7 +34,7 @@ def test_aws_notice_starts_the_stop_within_a_poll_with_the_budget_from_its_time(
         assert event["provider"] == "aws" and event["deadline"] == int(fake.deadline())
         assert event["budget_cut"] is True and 1.0 < event["budget_s"] < 3.0  # the deadline's, not the plan's 20 s
         wait_for(lambda: "TERM" in run.names(run.ready()["pid"]), 5, "the worker's TERM")
-        busy = json.loads(__import__("urllib.request").request.urlopen(f"http://127.0.0.1:{port}/busy").read())
+        busy = json.loads(get(port, "/busy")[1])
         assert busy["stop_cause"] == "interruption:aws" and busy["interruption"]["provider"] == "aws"
         assert metrics(port)["graceshell_interruption_notices_total"][(("provider", "aws"),)] == 1
         run.kill(signal.SIGTERM)  # the platform's own stop, after its notice: a repeat
