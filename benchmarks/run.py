@@ -332,11 +332,21 @@ def _threads_counters(pid: int) -> tuple[float, int, float]:
     return cpu, switches, hwm / 1024
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def idle(wrappers: Wrappers, seconds: float) -> dict[str, object]:
     """Every wrapper at once over an idle `sleep`, for the same `seconds`."""
     running = {}
-    for name in ("tini", "dumb-init", "graceshell", "honcho", "supervisord"):
-        argv = wrappers.argv(name, ["sleep", str(int(seconds) + 60)])
+    for name in ("tini", "dumb-init", "graceshell", "graceshell --http", "honcho", "supervisord"):
+        argv = wrappers.argv(name.split()[0], ["sleep", str(int(seconds) + 60)])
+        if argv is not None and name.endswith("--http"):  # the endpoint on, nobody calling it
+            argv = [*argv[:2], "--http", f"127.0.0.1:{_free_port()}", *argv[2:]]
         if argv is not None:
             running[name] = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                              start_new_session=True)

@@ -93,7 +93,9 @@ the one budget; a second Ctrl-C escalates. When one exits on its own the
 others are stopped, unless its `restart:` is on-failure or always (then it
 is restarted with a backoff of 1s, 2s, 4s... up to `restart_limit` times a
 minute). Each process gets PORT (base +100 per type, +1 per instance) and
-GRACESHELL_PROCESS (worker.1).
+GRACESHELL_PROCESS (worker.1). With --http (or `http:`), each process
+serves its own endpoint, numbered the same way from the port given (from a
+type's own `http:`, +1 per instance only).
 
 \b
 exit status: that of the process that ended the run, or 0 when a stop
@@ -108,7 +110,8 @@ where each value comes from. Exit 2 on any error."""
 
 # Flags that are settings, with the key each one sets.
 SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
-                 "linger", "stop_signals", "parent_death_signal", "on_orphans", "log_format", "log_level")
+                 "linger", "stop_signals", "parent_death_signal", "on_orphans", "log_format", "log_level", "http",
+                 "interruption_notices", "metadata_url")
 
 
 # -- value types: each one parses, and completes where there is a list to offer -----------------
@@ -139,6 +142,24 @@ def _remap(text: str) -> tuple[int, int]:
 
 def _signal_list(text: str) -> frozenset[int]:
     return frozenset(parse_signal(part) for part in text.split(",") if part.strip())
+
+
+def _address(text: str) -> tuple[str, int]:
+    from graceshell.fleet.options import parse_address
+
+    return parse_address(text)
+
+
+def _provider(text: str) -> str:
+    from graceshell.fleet.options import parse_provider
+
+    return parse_provider(text)
+
+
+def _metadata_url(text: str) -> str:
+    from graceshell.fleet.options import parse_metadata_url
+
+    return parse_metadata_url(text)
 
 
 def _ladder(text: str) -> list[Any]:
@@ -195,6 +216,9 @@ SIGNALS = _ParsedValue("signals", _signal_list)
 REMAP = _ParsedValue("from:to", _remap)
 SIGNAL = _ParsedValue("signal", parse_signal)
 LADDER = _ParsedValue("ladder", _ladder)
+ADDRESS = _ParsedValue("host:port", _address)
+URL = _ParsedValue("url", _metadata_url)
+PROVIDER = _ParsedValue("provider", _provider)
 
 
 def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
@@ -234,6 +258,15 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                           "warm shutdown's signal"),
         click.option("--on-orphans", metavar="COMMAND",
                      help="run after a kill that orphaned jobs, with the report on stdin"),
+        click.option("--http", metavar="HOST:PORT", type=ADDRESS, envvar="GRACESHELL_HTTP",
+                     help="serve /livez /readyz /busy /metrics there (host default 127.0.0.1; off by default); "
+                          "under start, each process gets PORT +100 per type, +1 per instance; $GRACESHELL_HTTP"),
+        click.option("--interruption-notices", metavar="CLOUD", type=PROVIDER,
+                     envvar="GRACESHELL_INTERRUPTION_NOTICES",
+                     help="aws, gcp, azure or auto: start the stop at the cloud's spot/preemption notice, "
+                          "before its SIGTERM (off by default); $GRACESHELL_INTERRUPTION_NOTICES"),
+        click.option("--metadata-url", metavar="URL", type=URL,
+                     help="base URL of the instance metadata service (default: the provider's own)"),
         click.option("--log-format", type=click.Choice(FORMATS), envvar=LOG_FORMAT_ENV,
                      help=f"auto (console on a TTY, JSON otherwise), json, logfmt, console; ${LOG_FORMAT_ENV}"),
         click.option("--log-level", type=click.Choice(tuple(LEVELS)), envvar=LOG_LEVEL_ENV,
@@ -433,9 +466,16 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
     for type_index, process_type in enumerate(chosen):
         argv = sources.process_command(process_type)
         settings = sources.settings_for(process_type, flags)
+        base_http = settings.get("http")
+        # A port written for this type alone is its own: only its instances are numbered from it.
+        own_port = "http" not in flags and ("http" in sources.inline.get(process_type, {}) or (
+            sources.config is not None and "http" in sources.config.processes.get(process_type, {})))
+        type_offset = 0 if own_port else PORT_STEP_PER_TYPE * type_index
         for number in range(1, counts[process_type] + 1):
             instance_name = f"{process_type}.{number}"
             settings["name"] = Setting(instance_name, Origin("start"))
+            if base_http is not None:  # one endpoint per process, numbered as PORT is
+                settings["http"] = _instance_address(base_http, type_offset + number - 1)
             plan = make_plan(argv, settings, environ)  # every plan is checked before anything starts
             env = {**environ, "PORT": str(first_port + PORT_STEP_PER_TYPE * type_index + number - 1),
                    "GRACESHELL_PROCESS": instance_name}
@@ -448,6 +488,16 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
         raise UsageError("nothing to start: every process type has a concurrency of 0")
     log = make_logger(requested, value_of(flags, "log_level", "info"))
     return Starter(instances, log, sys.stdout.buffer, colour=use_colour(sys.stdout)).run()
+
+
+def _instance_address(base: Setting, offset: int) -> Setting:
+    """The endpoint of one process under `start`: the base port +100 per type, +1 per instance."""
+    from graceshell.fleet.options import offset_address
+
+    try:
+        return Setting(offset_address(base.value, offset), base.origin)
+    except ValueError as exc:
+        raise UsageError(f"{base.origin}: {exc}") from None
 
 
 @cli.command(context_settings=CONTEXT, help=CHECK_HELP,

@@ -39,6 +39,14 @@ def _from(settings: Mapping[str, Setting], key: str, fallback: str = BUILT_IN) -
     return str(setting.origin) if setting is not None else fallback
 
 
+def _address(address: tuple[str, int] | None) -> str | None:
+    if address is None:
+        return None
+    from graceshell.fleet.options import format_address
+
+    return format_address(address)
+
+
 def effective(process: str, source: str, argv: list[str], settings: Mapping[str, Setting],
               environ: Mapping[str, str]) -> dict[str, Any]:
     """One process's effective settings, each as {"value", "from"}, plus warnings."""
@@ -83,6 +91,10 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
                                 "from": _from(settings, "parent_death_signal", "the warm shutdown's signal")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
+        "http": {"value": _address(plan.http), "from": _from(settings, "http", "off")},
+        "interruption_notices": {"value": plan.interruption_notices,
+                                 "from": _from(settings, "interruption_notices", "off")},
+        "metadata_url": {"value": plan.metadata_url, "from": _from(settings, "metadata_url", "the provider's own")},
         "warnings": (_short_reserve(plan, budget_origin)
                      if uses_reserve and not errors else []) + warnings(plan) + _ruby_integration(plan, settings,
                                                                                                   environ),
@@ -295,6 +307,10 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
             ("on_orphans", entry["on_orphans"]["value"] or "-", entry["on_orphans"]["from"]),
             ("parent death", entry["parent_death_signal"]["value"], entry["parent_death_signal"]["from"]),
             ("env", " ".join(entry["env"]["value"]) or "-", entry["env"]["from"]),
+            ("http", entry["http"]["value"] or "-", entry["http"]["from"]),
+            ("interruption", entry["interruption_notices"]["value"] or "-", entry["interruption_notices"]["from"]),
+            *([("metadata url", entry["metadata_url"]["value"], entry["metadata_url"]["from"])]
+              if entry["metadata_url"]["value"] else []),
         ]
         width = max(len(str(value)) for _, value, _ in rows)
         for label, value, origin in rows:

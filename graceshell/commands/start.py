@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
     from graceshell.engine.guard import Guard
 
+# Read by the fleet endpoint of a restarted process (graceshell.fleet.services).
+RESTARTS_ENV = "GRACESHELL_RESTARTS"
 BASE_PORT = 5000
 PORT_STEP_PER_TYPE = 100
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
@@ -132,8 +134,10 @@ class Starter:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         try:
+            # The restarts so far, for the process's own /metrics (its graceshell cannot know them).
+            env = {**instance.env, RESTARTS_ENV: str(instance.restarts)} if instance.restarts else instance.env
             instance.proc = subprocess.Popen(instance.argv, stdin=subprocess.DEVNULL, stdout=out_write,
-                                             stderr=err_write, env=instance.env, start_new_session=True)
+                                             stderr=err_write, env=env, start_new_session=True)
         finally:
             os.close(out_write)
             os.close(err_write)

@@ -277,6 +277,29 @@ class _Checker:
             value = "no"
         return self.choice(("no", "on-failure", "always"))(value, path)
 
+    def address(self, value: Any, path: tuple[Any, ...]) -> tuple[str, int]:
+        from graceshell.fleet.options import parse_address
+
+        return self._parsed(parse_address, value, path, "HOST:PORT such as 127.0.0.1:9090")
+
+    def url(self, value: Any, path: tuple[Any, ...]) -> str:
+        from graceshell.fleet.options import parse_metadata_url
+
+        return self._parsed(parse_metadata_url, value, path, "a URL such as http://169.254.169.254")
+
+    def notices(self, value: Any, path: tuple[Any, ...]) -> str:
+        from graceshell.fleet.options import NOTICE_PROVIDERS
+
+        return self.choice(NOTICE_PROVIDERS)(value, path)
+
+    def _parsed(self, parse: Callable[[str], Any], value: Any, path: tuple[Any, ...], expected: str) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise self.fail(path, f"expected {expected}, got {_kind(value)}")
+        try:
+            return parse(str(value))
+        except ValueError as exc:
+            raise self.fail(path, str(exc)) from None
+
     def count(self, value: Any, path: tuple[Any, ...]) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise self.fail(path, f"expected a whole number of 0 or more, got {_kind(value)}")
@@ -337,10 +360,12 @@ PROCESS_KEYS: dict[str, str] = {
     "preset": "preset", "remap": "remap", "ladder": "ladder", "second_signal": "second_signal",
     "linger": "duration", "budget": "duration", "on_orphans": "string", "stop_signals": "signal_list",
     "env": "env", "restart": "restart", "restart_limit": "count", "parent_death_signal": "signal",
+    "http": "address", "interruption_notices": "notices", "metadata_url": "url",
 }
 TOP_KEYS: dict[str, str] = {
     "platform": "platform", "platform_timeout": "duration", "budget": "duration",
     "log_format": "log_format", "log_level": "log_level",
+    "http": "address", "interruption_notices": "notices", "metadata_url": "url",
 }
 
 

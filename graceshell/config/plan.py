@@ -30,14 +30,16 @@ class RunPlan:
 
     __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
                  "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans", "cold_reserve",
-                 "cold_floor", "parent_death_signal")
+                 "cold_floor", "parent_death_signal", "http", "interruption_notices", "metadata_url")
 
     def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
                  platform: Platform, platform_source: str, platform_timeout: float | None,
                  stop_signals: frozenset[int], remap: dict[int, int], second_signal: str = "escalate",
                  linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None, preset: str = "generic",
                  on_orphans: str | None = None, cold_reserve: float | None = None,
-                 cold_floor: float = DEFAULT_COLD_FLOOR, parent_death_signal: int | None = None) -> None:
+                 cold_floor: float = DEFAULT_COLD_FLOOR, parent_death_signal: int | None = None,
+                 http: tuple[str, int] | None = None, interruption_notices: str | None = None,
+                 metadata_url: str | None = None) -> None:
         self.argv = argv
         self.name = name
         self.ladder = ladder
@@ -57,6 +59,11 @@ class RunPlan:
         # What graceshell's guard sends the worker if graceshell dies without
         # stopping it (kill -9, the OOM killer); by default the warm shutdown's signal.
         self.parent_death_signal = parent_death_signal if parent_death_signal is not None else self.warm_signal()
+        # The fleet options, all off by default: the endpoint's (host, port);
+        # the cloud whose interruption notices start a stop, and its metadata base URL.
+        self.http = http
+        self.interruption_notices = interruption_notices
+        self.metadata_url = metadata_url
 
     @property
     def kill_at(self) -> float:
@@ -77,6 +84,12 @@ class RunPlan:
             if step.signal is not None:
                 warm = step.signal
         return warm
+
+    def notice_signal(self) -> int:
+        """The stop signal an interruption notice stands for: the platform's, when it is one of ours."""
+        if self.platform.stop_signal in self.stop_signals:
+            return int(self.platform.stop_signal)
+        return int(signal.SIGTERM) if signal.SIGTERM in self.stop_signals else min(self.stop_signals)
 
     def first_signal(self, received: int) -> int:
         """What the worker gets at t=0 for a stop signal `received`.
@@ -172,6 +185,9 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         cold_reserve=reserve,
         cold_floor=floor,
         parent_death_signal=death,
+        http=value_of(settings, "http"),
+        interruption_notices=value_of(settings, "interruption_notices"),
+        metadata_url=value_of(settings, "metadata_url"),
     )
 
 
@@ -202,4 +218,12 @@ def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "js
     if plan.on_orphans:
         argv += ["--on-orphans", plan.on_orphans]
     argv += ["--parent-death-signal", signal_name(plan.parent_death_signal)]
+    if plan.http is not None:
+        from graceshell.fleet.options import format_address
+
+        argv += ["--http", format_address(plan.http)]
+    if plan.interruption_notices is not None:
+        argv += ["--interruption-notices", plan.interruption_notices]
+    if plan.metadata_url is not None:
+        argv += ["--metadata-url", plan.metadata_url]
     return [*argv, "--", *plan.argv]

@@ -47,6 +47,30 @@ def entry_names(jobs_dir: str, ordered: bool = True) -> list[str]:
     return sorted(names) if ordered else names
 
 
+def oldest_entry_time(jobs_dir: str, limit: int = MAX_ORPHANS_READ) -> float | None:
+    """When the oldest job in flight started, looking at most at `limit`
+    files; None when there is none. It is the entry's modification time: the
+    entry is written at the job's start and again only by a rare
+    jobs.update(), and a stat is cheap where parsing every entry on each
+    /busy would not be."""
+    oldest = None
+    try:
+        with os.scandir(jobs_dir) as entries:
+            for index, entry in enumerate(entries):
+                if index >= limit:
+                    break
+                if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                    continue
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except OSError:
+                    continue  # the job ended meanwhile
+                oldest = mtime if oldest is None else min(oldest, mtime)
+    except OSError:
+        return None
+    return oldest
+
+
 def read_entries(jobs_dir: str, now: float) -> tuple[list[dict[str, Any]], int]:
     """The job files left in `jobs_dir`: one entry for each read (its id,
     name, pid, running_s and all it holds), and how many more were left unread.
@@ -171,6 +195,9 @@ class Ledger:
 
     def count(self) -> int:
         return len(entry_names(self.jobs_dir, ordered=False))  # on every inotify wake: no sort
+
+    def oldest_start(self) -> float | None:
+        return oldest_entry_time(self.jobs_dir)
 
     def entries(self, now: float) -> tuple[list[dict[str, Any]], int]:
         return read_entries(self.jobs_dir, now)

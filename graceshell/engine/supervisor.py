@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
     from graceshell.engine.guard import Guard
     from graceshell.engine.summary import RepeatSummary
+    from graceshell.fleet.notices import Notice
+    from graceshell.fleet.services import Fleet
+    from graceshell.fleet.status import Status
 
 # How long to wait for the kernel to finish off a SIGKILLed tree before
 # reporting survivors (processes stuck in uninterruptible sleep) and leaving.
@@ -116,6 +119,12 @@ class Supervisor:
         self.sweep_resume: str | None = None  # the one a sweep's batch ended in
         self.guard: Guard | None = None  # signals the worker if graceshell dies first
         self.wakeup: int | None = None
+        # The fleet options (--http, --interruption-notices); None when all are off.
+        self.fleet: Fleet | None = None
+        # The cloud's interruption notice that began the stop, and whether the
+        # platform's own stop signal has come since (it is that notice's repeat).
+        self.interruption: dict[str, Any] | None = None
+        self.interruption_signal_seen = False
         # A storm of signals logs the first few of each, then counts per second (made with the logger).
         self.forwards: RepeatSummary
         self.signal_events: RepeatSummary
@@ -184,6 +193,8 @@ class Supervisor:
                 self._stop_guard()
             # else graceshell is leaving with its worker alive (an error of ours, or
             # survivors): the guard stays, and gives the worker its parent-death signal.
+            if self.fleet is not None:
+                self.fleet.close()
             if self.ledger is not None:
                 self.ledger.remove()
             self._release()
@@ -218,6 +229,10 @@ class Supervisor:
             ladder=describe(self.plan.ladder), subreaper=self.subreaper, pidfd=self.pidfd is not None,
             jobs_dir=self.ledger.jobs_dir if self.ledger else None,
             parent_death_signal=signal_name(self.plan.parent_death_signal))
+        if self.plan.http is not None or self.plan.interruption_notices is not None:
+            from graceshell.fleet.services import start_fleet
+
+            self.fleet = start_fleet(self.plan, self.log, self.status, self._on_interruption)
         try:
             self._loop(wakeup)
         except Exception as exc:  # a bug of ours must not leave the worker's tree behind
@@ -226,6 +241,9 @@ class Supervisor:
             tree.signal_descendants(signal.SIGKILL, until_gone=True)
             _reap_all_blocking()
             return INTERNAL_ERROR_EXIT
+        if self.fleet is not None:  # before the exit report: an acknowledgement to the cloud is logged above it
+            self.fleet.close()
+            self.fleet = None
         return self._finish()
 
     def _loop(self, wakeup: int) -> None:
@@ -241,14 +259,19 @@ class Supervisor:
             selector.register(watch, selectors.EVENT_READ)
             # A job may have started while the watch was being set up.
             self._update_busy(time.monotonic())
+        if self.fleet is not None:
+            self.fleet.register(selector)
         self._prepare_notice()
         while True:
-            for key, _ in selector.select(self._timeout()):
+            callbacks = []
+            for key, events in selector.select(self._timeout()):
                 if key.fd == wakeup:
                     self._drain(wakeup)
                 elif key.fd == watch:
                     self.ledger.drain_watch()  # type: ignore[union-attr]
                     self._update_busy(time.monotonic())
+                elif callable(key.data):  # the fleet's fds: served once the stop's own work is done
+                    callbacks.append((key.data, events))
             if self.busy_check_at is not None and time.monotonic() >= self.busy_check_at:
                 self._update_busy(time.monotonic())
             for summary in (self.forwards, self.signal_events):
@@ -259,6 +282,8 @@ class Supervisor:
                 self._sweep()
             self._reap(selector)
             self._fire_due(time.monotonic())
+            if self.fleet is not None:
+                self.fleet.dispatch(callbacks, time.monotonic())
             if self.main_status is not None and not self.children_remain:
                 return
             if self.kill_fired_at is not None and time.monotonic() >= self.kill_fired_at + REAP_GRACE:
@@ -276,6 +301,8 @@ class Supervisor:
         due += [s.flush_at for s in (self.forwards, self.signal_events) if s.flush_at is not None]
         if self.sweep_at is not None:
             due.append(self.sweep_at)
+        if self.fleet is not None and (fleet_due := self.fleet.deadline()) is not None:
+            due.append(fleet_due)
         if self.kill_fired_at is not None:
             return [self.kill_fired_at + REAP_GRACE, *due]
         if self.stop_at is not None and self.main_status is None and self.next_step < len(self.plan.ladder):
@@ -338,9 +365,35 @@ class Supervisor:
             return
         self._on_repeat_stop(signum, now)
 
+    def _on_interruption(self, notice: Notice) -> None:
+        """The cloud's warning: the stop begins as if the platform's stop signal
+        had come, with the budget cut to fit the notice's deadline."""
+        from graceshell.fleet.notices import fitted_plan
+
+        deadline = notice.deadline
+        if self.stop_at is not None or self.main_status is not None:
+            self.log.info("graceshell.interruption", provider=notice.provider, deadline=deadline, action="none",
+                          reason="already stopping" if self.stop_at is not None else "the worker has exited",
+                          **notice.detail)
+            return
+        left = deadline - time.time() if deadline is not None else None
+        self.plan, cut = fitted_plan(self.plan, left)
+        self.interruption = {"provider": notice.provider, "deadline": deadline}
+        self.log.warning("graceshell.interruption", provider=notice.provider,
+                         deadline=round(deadline, 3) if deadline is not None else None,
+                         deadline_in_s=round(left, 3) if left is not None else None, budget_s=self.plan.kill_at,
+                         budget_cut=cut, **notice.detail)
+        self._on_signal(self.plan.notice_signal())
+
     def _on_repeat_stop(self, signum: int, now: float) -> None:
         name = signal_name(signum)
         platform = self.plan.platform
+        if self.interruption is not None and not self.interruption_signal_seen and signum == self.stop_signal:
+            # The platform's stop after its own notice: the stop it announced, already under way.
+            self.interruption_signal_seen = True
+            self.log.info("graceshell.signal", signal=name, action="ignored", repeat=True,
+                          reason=f"the stop began at the {self.interruption['provider']} interruption notice")
+            return
         if platform.repeats_stop_signal and signum == platform.stop_signal == self.stop_signal:
             if self.signal_events.admit(now, f"{name} ignored"):
                 self.log.info("graceshell.signal", signal=name, action="ignored",
@@ -428,6 +481,37 @@ class Supervisor:
             return
         self.busy_reported, self.busy_reported_at = busy, now
         self.log.info("graceshell.busy", busy=busy, jobs=count)
+
+    # -- what the fleet endpoint reports ------------------------------------------
+
+    def status(self) -> Status:
+        """The phase and counters as they are now, for /busy, /readyz and /metrics."""
+        from graceshell.fleet.status import DRAINING, ESCALATING, EXITING, KILLING, RUNNING, Status
+
+        now = time.monotonic()
+        if self.kill_fired_at is not None:
+            phase = KILLING
+        elif self.main_status is not None:
+            phase = EXITING
+        elif self.stop_at is None:
+            phase = RUNNING
+        else:
+            phase = ESCALATING if self.steps_fired > 1 else DRAINING
+        jobs = self.ledger.count() if self.ledger is not None else 0
+        ended = self.main_exit_at if self.main_exit_at is not None else now
+        stop_s = max(0.0, ended - self.stop_at) if self.stop_at is not None else None
+        left = self.plan.kill_at if self.stop_at is None else max(0.0, self.stop_at + self.plan.kill_at - now)
+        return Status(
+            phase=phase, pid=self.pid, jobs=jobs, name=self.plan.name,
+            oldest_job_started_at=self.ledger.oldest_start() if self.ledger is not None and jobs else None,
+            budget_s=self.plan.kill_at, budget_left_s=round(left, 3),
+            stop_signal=signal_name(self.stop_signal) if self.stop_signal is not None else None,
+            stop_cause=(None if self.stop_signal is None
+                        else f"interruption:{self.interruption['provider']}" if self.interruption else "signal"),
+            stop_s=round(stop_s, 3) if stop_s is not None else None, steps_fired=self.steps_fired,
+            tree_kills=int(self.kill_fired_at is not None), killed_processes=len(self.killed),
+            orphaned_jobs=jobs if self.main_status is not None else 0,
+            restarts=0, interruption=self.interruption)
 
     # -- signals out ----------------------------------------------------------
 
@@ -535,6 +619,8 @@ class Supervisor:
     def _on_main_exit(self, status: int, selector: selectors.BaseSelector) -> None:
         self.main_status, self.main_exit_at = status, time.monotonic()
         self._stop_guard()  # nothing left to guard; graceshell waits for no helper of its own
+        if self.fleet is not None:
+            self.fleet.worker_down()  # Azure's event may now be acknowledged
         if self.pidfd is not None:
             selector.unregister(self.pidfd)  # an exited pidfd stays readable forever
             os.close(self.pidfd)
