@@ -83,9 +83,9 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
                                 "from": _from(settings, "parent_death_signal", "the warm shutdown's signal")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
-        "warnings": (_short_reserve(plan, budget_origin)
-                     if uses_reserve and not errors else []) + warnings(plan) + _ruby_integration(plan, settings,
-                                                                                                  environ),
+        "warnings": ((_short_reserve(plan, budget_origin)
+                     if uses_reserve and not errors else []) + warnings(plan)
+                    + _ruby_integration(plan, settings, environ) + _rq_worker_class(plan, environ)),
         "errors": errors,
     }
 
@@ -249,6 +249,50 @@ def _sidekiq_timeout(plan: RunPlan) -> list[str]:
            "then" if cold and cold[0] <= room else "the jobs still running may be lost to the kill")
     return [f"sidekiq's -t {format_duration(timeout)} does not fit a budget of {format_duration(budget)}: {cut}; "
             f"use -t {int(max(room, 0.0))} or less, or leave -t out and graceshell fits it to the budget"]
+
+
+_RQ_INTEGRATION = "graceshell.integrations.rq"
+# rq's own worker classes (rq/worker/worker_classes.py) and graceshell's
+# counterpart of each; HerokuWorker and the rest get the mixin's advice.
+_RQ_OWN_CLASSES = {"Worker": "Worker", "SimpleWorker": "SimpleWorker", "SpawnWorker": "SpawnWorker"}
+
+
+def _rq_worker_class(plan: RunPlan, environ: Mapping[str, str]) -> list[str]:
+    """`rq worker -w X` (or an RQ_WORKER_CLASS of the user's own) replaces the
+    rq preset's RQ_WORKER_CLASS, and with it graceshell's shutdown in RQ."""
+    if plan.preset != "rq":
+        return []
+    from graceshell.config.presets import PRESETS
+    from graceshell.config.procfile import command_words
+
+    preset_class = PRESETS["rq"].env["RQ_WORKER_CLASS"]
+    words = command_words(plan.argv)
+    named, origin = None, ""
+    for index, word in enumerate(words):
+        if word in ("-w", "--worker-class") and index + 1 < len(words):
+            named, origin = words[index + 1], f"-w {words[index + 1]}"
+        elif word.startswith("--worker-class="):
+            named = word.partition("=")[2]
+            origin = f"-w {named}"
+        elif word.startswith("-w") and len(word) > 2 and not word.startswith("-w-"):
+            named, origin = word[2:], f"-w {word[2:]}"
+    if named is None:
+        for value, where in ((environ.get("RQ_WORKER_CLASS"), "the environment"),
+                             ((plan.env or {}).get("RQ_WORKER_CLASS"), "the configured env")):
+            if value and value != preset_class:
+                named, origin = value, f"RQ_WORKER_CLASS={value} from {where}"
+                break
+    if named is None or named.startswith(f"{_RQ_INTEGRATION}.") or named.startswith(f"{_RQ_INTEGRATION}:"):
+        return []
+    module, _, name = named.rpartition(".")
+    replaces = (f"{origin} replaces the rq preset's RQ_WORKER_CLASS ({preset_class}), and with it graceshell's "
+                "shutdown: the platform's TERM can kill the work horse, and the cold step fails or abandons the "
+                "job in hand instead of requeueing it")
+    if module.split(".")[0] == "rq" and name in _RQ_OWN_CLASSES:
+        return [f"{replaces}; use -w {_RQ_INTEGRATION}.{_RQ_OWN_CLASSES[name]}, rq's {name} with graceshell's "
+                "shutdown"]
+    return [f"{replaces}, unless {name} already has {_RQ_INTEGRATION}.WorkerMixin among its bases; "
+            f"define it as class {name}(WorkerMixin, ...) with WorkerMixin from {_RQ_INTEGRATION}"]
 
 
 def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
