@@ -119,12 +119,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # delayed_job 4.1 lib/delayed/worker.rb: INT and TERM = exit after the
     # job; a killed worker leaves its job locked until max_run_time.
     # graceshell's Ruby file (RUBYOPT) keeps the warm phase warm whatever
-    # raise_signal_exceptions says and aborts the job at the cold TERM.
+    # raise_signal_exceptions says, aborts the job at the cold TERM and puts
+    # it back unlocked, due now, with no attempt used.
     Preset("delayed_job", (("INT", "0s"), ("TERM", "budget-3s")),
            {"RUBYOPT": "-r{integrations}/ruby/delayed_job.rb"},
-           "INT finishes the current job; TERM 3 s before the end aborts it, and delayed_job reschedules it "
-           "and releases its lock (graceshell's Ruby file, loaded by the preset, does that without "
-           "raise_signal_exceptions and keeps the platform's own TERM from aborting a job earlier)"),
+           "INT finishes the current job; TERM 3 s before the end aborts it, and graceshell's Ruby file, loaded "
+           "by the preset, puts it back unlocked and due now with no attempt used (it also keeps the "
+           "platform's own TERM from aborting a job earlier, whatever raise_signal_exceptions says)"),
     # gunicorn 26 gunicorn/arbiter.py: TERM = graceful (graceful_timeout),
     # INT/QUIT = quick; INT during a graceful stop switches to quick.
     Preset("gunicorn", (("TERM", "0s"), ("INT", "budget-3s")), {},

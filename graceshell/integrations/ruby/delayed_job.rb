@@ -15,8 +15,11 @@
 #   flag, whatever raise_signal_exceptions says: the job in hand finishes if
 #   it can. Once graceshell has escalated (its cold step, TERM at
 #   budget-3s in the preset, rewrites the shutdown notice first), TERM
-#   aborts the job: delayed_job's own error path reschedules it (one more
-#   attempt, run_at later) and releases its lock before the KILL.
+#   aborts the job, and delayed_job's error path (Worker#handle_failed_job)
+#   puts it back as it was, before the KILL: its lock released, its run_at
+#   kept (due now) and no attempt used. delayed_job's own reschedule would
+#   count an attempt (a job with max_attempts 1 would fail for good) and put
+#   it off by 5 s + attempts**4.
 # - Every job is recorded in graceshell's ledger while it runs; an aborted
 #   one keeps its entry ("interrupted": true, "requeued": true when it is
 #   rescheduled and unlocked), so graceshell's exit report names it.
@@ -75,6 +78,18 @@ module Graceshell
           Graceshell.forget(path) # finished, or failed by itself: delayed_job owns its retries
         end
         result
+      end
+
+      protected
+
+      # Delayed::Worker#handle_failed_job (protected), for the job aborted at
+      # graceshell's cold step: back as it was, at once, no attempt used.
+      def handle_failed_job(job, error)
+        return super unless error.is_a?(ColdShutdown)
+
+        job.unlock
+        job.save!
+        job_say job, "put back by graceshell's cold shutdown, due now, no attempt used", "warn"
       end
 
       private
