@@ -262,18 +262,32 @@ ActiveRecord::Schema.define do
   end
 end
 
-SleepJob = Struct.new(:seconds) do
+# A labelled job's time counts from the moment the worker took the stop
+# (the test's flag), however long a loaded machine takes to get there.
+SleepJob = Struct.new(:seconds, :label) do
   def perform
-    File.write(File.join(ENV.fetch("MARKS_DIR"), "started"), "")
+    mark = label ? "-#{label}" : ""
+    File.write(File.join(ENV.fetch("MARKS_DIR"), "started#{mark}"), "")
+    sleep 0.01 until File.exist?(ENV.fetch("STOPPED_FLAG")) if label && seconds < 30
     sleep seconds
-    File.write(File.join(ENV.fetch("MARKS_DIR"), "done"), "")
+    File.write(File.join(ENV.fetch("MARKS_DIR"), "done#{mark}"), "")
   end
 end
 
 Delayed::Worker.raise_signal_exceptions = :term if ENV["DJ_RAISE_ON_TERM"]
 Delayed::Worker.logger = Logger.new($stderr)
-Delayed::Job.enqueue(SleepJob.new(Float(ENV.fetch("JOB_SECONDS")))) if Delayed::Job.count.zero?
-Delayed::Worker.new.start
+if Delayed::Job.count.zero?
+  seconds = Float(ENV.fetch("JOB_SECONDS"))
+  if ENV["DJ_WORKERS"]
+    Delayed::Job.enqueue(SleepJob.new(seconds, "short"))
+    Delayed::Job.enqueue(SleepJob.new(seconds, "waiting"), run_at: Time.now + 1) # after the short one
+  else
+    Delayed::Job.enqueue(SleepJob.new(seconds))
+  end
+end
+# DJ_WORKERS: what `delayed_job -n 2 run` does (lib/delayed/command.rb with
+# the daemons gem's `run`): its workers one after another, in the foreground.
+Integer(ENV.fetch("DJ_WORKERS", "1")).times { Delayed::Worker.new.start }
 """
 
 
@@ -313,6 +327,48 @@ def run_delayed_job(scenario: Scenario, workdir: Path, seconds: float, raise_on_
     return {"fates": {label: delayed_job_fate(database, marks)}, "result": result}
 
 
+def delayed_job_labelled_fate(database: Path, marks: Path, label: str) -> str:
+    if (marks / f"done-{label}").exists():
+        return "completed"
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT locked_by, attempts, failed_at FROM delayed_jobs WHERE handler LIKE ?",
+                          (f"%label: {label}%",)).fetchall()
+    if not rows:
+        return "lost"
+    ((locked_by, attempts, failed_at),) = rows
+    if locked_by:
+        return "unacked (back after max_run_time, 4 h by default)"
+    if failed_at or attempts:
+        return "failed" if failed_at else "unacked (back after delayed_job's retry backoff, an attempt used)"
+    return "requeued" if (marks / f"started-{label}").exists() else "queued"
+
+
+def run_delayed_job_in_turn(scenario: Scenario, workdir: Path) -> dict:
+    """Two workers one after another (`delayed_job -n 2 run`): the first runs
+    a short job at the stop, a second job waits; the second worker must not
+    start after the stop."""
+    marks = workdir / "marks"
+    marks.mkdir(parents=True)
+    (workdir / "worker.rb").write_text(textwrap.dedent(DELAYED_JOB_WORKER))
+    database = workdir / "jobs.sqlite3"
+    stopped = workdir / "stopped.flag"
+    env = ruby_env(DJ_DATABASE=str(database), MARKS_DIR=str(marks), JOB_SECONDS=str(SHORT), DJ_WORKERS="2",
+                   STOPPED_FLAG=str(stopped))
+    proc = scenario.drill(workdir, ["ruby", str(workdir / "worker.rb")], env)
+    try:
+        started(proc, [marks / "started-short"], workdir)
+        try:  # its TERM and INT traps log "Exiting..." (lib/delayed/worker.rb)
+            wait_for(lambda: "Exiting..." in (workdir / "drill.stderr").read_text(errors="replace"), 60,
+                     "the worker's stop")
+        finally:
+            stopped.touch()
+        result = finish(proc, workdir)
+    finally:
+        stop_drill(proc)
+    return {"fates": {f"{label} job": delayed_job_labelled_fate(database, marks, label)
+                      for label in ("short", "waiting")}, "result": result}
+
+
 # -- all scenarios at once ------------------------------------------------------------------------
 
 
@@ -327,6 +383,8 @@ def scenario_of(item: pytest.Item) -> Scenario | None:
         return Scenario("sidekiq", 10, params["broadcast"], params["wrapped"], f"-c{CONCURRENCY}{params['timeout']}")
     if name == "test_delayed_job_survives_a_platform_stop":
         return Scenario("delayed_job", 10, params["broadcast"], params["wrapped"], params["length"])
+    if name == "test_delayed_job_workers_in_turn_start_none_after_the_stop":
+        return Scenario("delayed_job", 10, params["broadcast"], params["wrapped"], "in turn")
     if name == "test_delayed_job_raise_signal_exceptions_survives_a_platform_stop":
         return Scenario("delayed_job", 10, "all", params["wrapped"], params["length"] + "+term")
     return None
@@ -343,6 +401,8 @@ def ruby_drills(request, ruby_ready, redis_url, tmp_path_factory):
         if scenario.framework == "sidekiq":
             run = run_sidekiq_concurrency if scenario.variant.startswith("-c") else run_sidekiq
             futures[scenario.key] = pool.submit(run, scenario, workdir, redis_url)
+        elif scenario.variant == "in turn":
+            futures[scenario.key] = pool.submit(run_delayed_job_in_turn, scenario, workdir)
         else:
             length, _, term = scenario.variant.partition("+")
             futures[scenario.key] = pool.submit(run_delayed_job, scenario, workdir,
@@ -428,6 +488,22 @@ def test_delayed_job_survives_a_platform_stop(ruby_drills, length, broadcast, wr
     run, result = outcome(ruby_drills, scenario, "one worker")
     if wrapped:
         assert_delayed_job_goal(run, result, length)
+
+
+@pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])
+@pytest.mark.parametrize("broadcast", ["all", "group"])
+def test_delayed_job_workers_in_turn_start_none_after_the_stop(ruby_drills, broadcast, wrapped):
+    """`delayed_job -n 2 run` runs its workers one after another: bare, the
+    second starts when the first leaves for the stop, and takes the waiting
+    job; under graceshell it does not start."""
+    scenario = Scenario("delayed_job", 10, broadcast, wrapped, "in turn")
+    run, result = outcome(ruby_drills, scenario, "-n 2 run (workers in turn)")
+    if wrapped:
+        assert run["fates"] == {"short job": "completed", "waiting job": "queued"}, result
+        assert_stopped_by_itself(result)
+        assert result["orphaned_jobs"] == [], result
+    else:
+        assert run["fates"]["waiting job"] != "queued", result  # started after the stop
 
 
 @pytest.mark.parametrize("wrapped", [True, False], ids=["graceshell", "bare"])

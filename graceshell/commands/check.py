@@ -85,7 +85,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
         "warnings": ((_short_reserve(plan, budget_origin)
                      if uses_reserve and not errors else []) + warnings(plan)
-                    + _ruby_integration(plan, settings, environ) + _rq_worker_class(plan, environ)),
+                    + _ruby_integration(plan, settings, environ) + _rq_worker_class(plan, environ)
+                    + _delayed_job_command(plan)),
         "errors": errors,
     }
 
@@ -293,6 +294,32 @@ def _rq_worker_class(plan: RunPlan, environ: Mapping[str, str]) -> list[str]:
                 "shutdown"]
     return [f"{replaces}, unless {name} already has {_RQ_INTEGRATION}.WorkerMixin among its bases; "
             f"define it as class {name}(WorkerMixin, ...) with WorkerMixin from {_RQ_INTEGRATION}"]
+
+
+def _delayed_job_command(plan: RunPlan) -> list[str]:
+    """delayed_job's script (lib/delayed/command.rb) hands its workers to the
+    daemons gem: `start` daemonizes them and returns, and `run` runs them in
+    the foreground one after another (-n N, --pool), not side by side."""
+    if plan.preset != "delayed_job":
+        return []
+    from graceshell.config.procfile import command_words
+
+    words = command_words(plan.argv)
+    script = next((i for i, word in enumerate(words) if word.rsplit("/", 1)[-1] == "delayed_job"), None)
+    if script is None:
+        return []
+    options = words[script + 1:]
+    several = any(word in ("-n", "--number_of_workers") or word.startswith(("--number_of_workers=", "--pool"))
+                  or (word.startswith("-n") and word[2:].isdigit()) for word in options)
+    if "start" in options or "restart" in options:
+        return ["delayed_job start daemonizes its workers and returns at once: graceshell takes that for the "
+                "worker's end and stops them, as a container's end would; use `delayed_job run` or `rake jobs:work`, "
+                "one worker per process, and run more processes for more workers"]
+    if several:
+        return ["delayed_job -n/--pool with run starts its workers one after another, not side by side (the "
+                "next begins when one exits; graceshell's integration keeps one from starting after the stop): "
+                "run one worker per process, and more processes for more workers"]
+    return []
 
 
 def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:

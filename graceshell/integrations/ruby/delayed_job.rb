@@ -20,6 +20,10 @@
 #   kept (due now) and no attempt used. delayed_job's own reschedule would
 #   count an attempt (a job with max_attempts 1 would fail for good) and put
 #   it off by 5 s + attempts**4.
+# - A worker started after the stop does not start: `delayed_job -n 2 run`
+#   (lib/delayed/command.rb, with the daemons gem's `run`) runs its workers
+#   one after another in the foreground, so the second would begin, and take
+#   jobs, when the first left for the stop.
 # - Every job is recorded in graceshell's ledger while it runs; an aborted
 #   one keeps its entry ("interrupted": true, "requeued": true when it is
 #   rescheduled and unlocked), so graceshell's exit report names it.
@@ -65,6 +69,12 @@ module Graceshell
       end
 
       private :trap
+
+      def start
+        return super unless Graceshell.requested?
+
+        say "graceshell: the worker was asked to stop before it started: it takes no job"
+      end
 
       def run(job)
         path = Graceshell.track(job.id, job.name, framework: "delayed_job", queue: job.queue,
