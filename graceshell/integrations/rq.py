@@ -39,6 +39,10 @@ import signal
 from rq.worker import SimpleWorker as _RQSimpleWorker
 from rq.worker import Worker as _RQWorker
 
+# jsonfile is what shutdown and jobs import on first use: imported here, before
+# any signal, because an import is not re-entrant and the handlers below read
+# the shutdown notice (a pool worker gets a TERM and two SIGINTs at once).
+import graceshell.jsonfile  # noqa: F401
 from graceshell import jobs, shutdown
 from graceshell.logs import logger_from_environment
 from graceshell.signals import signal_name
@@ -80,6 +84,14 @@ class WorkerMixin:
     def graceshell_log(self) -> Any:
         """graceshell's own events, through structlog, beside RQ's logging."""
         return logger_from_environment("rq").bind(worker=self.name)  # type: ignore[attr-defined]
+
+    def _install_signal_handlers(self) -> None:
+        if shutdown.under_graceshell():
+            # Built now, not in a handler: building it imports structlog, and
+            # a signal arriving during that import ran the handler again into
+            # the half-imported module (a pool worker crashed, its horse went on).
+            logger_from_environment("rq")
+        super()._install_signal_handlers()  # type: ignore[misc]
 
     def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
         tracker = jobs.track(job.id, job.func_name, queue=queue.name)
@@ -154,6 +166,13 @@ class WorkerMixin:
     def _cold_log(self, job: Any, action: str) -> None:
         self.graceshell_log.warning("graceshell.rq.cold_shutdown", job=job.id if job is not None else None,
                                     action=action)
+
+    def _finalize_failure(self, job: Any, queue: Any, execution: Any, exc_info: Any) -> Any:
+        """rq 3's failure path (runs the job's on_failure callback and the
+        exception handlers first): a requeued job has not failed."""
+        if self._graceshell_cold_job == job.id:
+            return self.handle_job_failure(job, queue, execution=execution)
+        return super()._finalize_failure(job, queue, execution, exc_info)  # type: ignore[misc]
 
     def handle_job_failure(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
         if self._graceshell_cold_job != job.id:
