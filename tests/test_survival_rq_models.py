@@ -270,3 +270,43 @@ def test_rq_check_accepts_graceshell_worker_classes(tmp_path, worker_class):
     (tmp_path / "Procfile").write_text(f"worker: rq worker-pool --worker-class={worker_class}\n")
     proc = run_cli("check", "--preset", "rq", "--platform", "heroku", cwd=tmp_path)
     assert proc.returncode == 0 and "replaces the rq preset" not in proc.stdout, proc.stdout
+
+
+def test_rq_worker_takes_a_storm_of_stop_signals(graceshell, tmp_path, redis_url):
+    """A pool worker gets the platform's TERM and its pool's SIGINT for each
+    TERM the pool gets, all at once: none of them may crash the worker (a
+    handler that imports re-enters a half-done import), and the job in hand
+    finishes."""
+    import os
+    import signal
+    import time
+
+    import psutil
+    from redis import Redis
+    from rq import Queue
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "survival_jobs.py").write_text(textwrap.dedent(JOBS))
+    (tmp_path / "stopped.flag").touch()
+    env = clean_env(PYTHONPATH=str(tmp_path), MARKS_DIR=str(marks), STOPPED_FLAG=str(tmp_path / "stopped.flag"))
+    run = graceshell("--platform", "none", "--budget", "20s", "--preset", "rq", "--", str(BIN / "rq"), "worker",
+                     "--url", redis_url, "rq-storm", env=env)
+    connection = Redis.from_url(redis_url)
+    try:
+        job = Queue("rq-storm", connection=connection).enqueue("survival_jobs.work", 2.0, "storm")
+        wait_for(lambda: (marks / "started-storm").exists(), 30, "the job running")
+        workers = [p for p in psutil.Process(run.pid).children(recursive=True) if "worker" in " ".join(p.cmdline())]
+        (main,) = [p for p in workers if p.ppid() not in {w.pid for w in workers}]  # not its horse
+        run.kill(signal.SIGTERM)
+        wait_for(lambda: "graceshell.forward" in run.stderr(), 10, "graceshell's warm TERM")
+        until = time.monotonic() + 1.0  # one at a time (a burst would merge into one pending signal)
+        with contextlib.suppress(ProcessLookupError):  # gone: a crash, which the asserts below show
+            while time.monotonic() < until:
+                os.kill(main.pid, signal.SIGINT)
+                time.sleep(0.002)
+        assert run.wait(30) == 0, run.stderr()
+        assert job.get_status(refresh=True) == "finished" and "Traceback" not in run.stderr(), run.stderr()
+    finally:
+        Queue("rq-storm", connection=connection).empty()
+        connection.close()
