@@ -51,13 +51,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "TERM lets running tasks finish; QUIT at the cold reserve before the end cancels the rest so the "
            "broker gets them back (acks_late) before the kill",
            cold_floor=3.0, cold_why="Celery's cold shutdown, 1.2-2.6s measured, with margin"),
-    # rq 2.10 rq/worker/base.py: first TERM = warm (finish the job); a second
-    # TERM more than 1 s later = cold (horse killed, SystemExit). The horse
-    # has its own process group, so the final kill must cover the tree.
-    # RQ_WORKER_CLASS is read by `rq worker` (rq/cli/helpers.py) unless -w is given.
-    # Its cold shutdown (horse killed, job requeued) took 0.15-0.6 s in the
-    # end-to-end tests, and up to 1 s more on a loaded machine: on the way
-    # out RQ joins its pubsub thread with a 1 s timeout (Worker.unsubscribe).
+    # rq 3.0 rq/worker/base.py: first TERM or INT = warm (finish the job); a
+    # second one more than 1 s later = cold (horse killed, SystemExit). The
+    # horse has its own process group, so the final kill must cover the tree.
+    # `rq worker-pool` (rq/worker_pool.py) sends SIGINT to each worker at every
+    # TERM it gets. RQ_WORKER_CLASS is read by `rq worker` and `rq
+    # worker-pool` (rq/cli/helpers.py) unless -w is given; check says what
+    # to do then. Its cold shutdown (horse killed, job requeued) took
+    # 0.13-1.3 s in the end-to-end tests on a loaded machine, a pool's up to
+    # 1.9 s (WorkerPool looks at its workers once a second).
     Preset("rq", (("TERM", "0s"), ("TERM", "budget-reserve")),
            {"RQ_WORKER_CLASS": "graceshell.integrations.rq.Worker"},
            "TERM finishes the current job; a second TERM at the cold reserve before the end is the cold "
