@@ -310,3 +310,14 @@ def test_rq_worker_takes_a_storm_of_stop_signals(graceshell, tmp_path, redis_url
     finally:
         Queue("rq-storm", connection=connection).empty()
         connection.close()
+
+
+def test_rq_check_names_an_rq_worker_class_from_the_environment(tmp_path):
+    """The real environment wins over the preset's RQ_WORKER_CLASS, as -w does."""
+    (tmp_path / "Procfile").write_text("worker: rq worker default\n")
+    proc = run_cli("check", "--preset", "rq", "--platform", "heroku", cwd=tmp_path,
+                   env=clean_env(RQ_WORKER_CLASS="rq.worker.SimpleWorker"))
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = [line for line in proc.stdout.splitlines() if "replaces the rq preset" in line]
+    assert "RQ_WORKER_CLASS=rq.worker.SimpleWorker from the environment" in warning, warning
+    assert "use RQ_WORKER_CLASS=graceshell.integrations.rq.SimpleWorker" in warning, warning

@@ -290,8 +290,9 @@ def _rq_worker_class(plan: RunPlan, environ: Mapping[str, str]) -> list[str]:
                 "shutdown: the platform's TERM can kill the work horse, and the cold step fails or abandons the "
                 "job in hand instead of requeueing it")
     if module.split(".")[0] == "rq" and name in _RQ_OWN_CLASSES:
-        return [f"{replaces}; use -w {_RQ_INTEGRATION}.{_RQ_OWN_CLASSES[name]}, rq's {name} with graceshell's "
-                "shutdown"]
+        ours = f"{_RQ_INTEGRATION}.{_RQ_OWN_CLASSES[name]}"
+        use = f"-w {ours}" if origin.startswith("-w") else f"RQ_WORKER_CLASS={ours}"
+        return [f"{replaces}; use {use}, rq's {name} with graceshell's shutdown"]
     return [f"{replaces}, unless {name} already has {_RQ_INTEGRATION}.WorkerMixin among its bases; "
             f"define it as class {name}(WorkerMixin, ...) with WorkerMixin from {_RQ_INTEGRATION}"]
 

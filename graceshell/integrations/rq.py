@@ -78,6 +78,7 @@ class WorkerMixin:
     bases (`class MyWorker(WorkerMixin, rq.Worker)`)."""
 
     _graceshell_performing: Any = None  # the job whose code runs in this process now
+    _graceshell_in_perform = False  # RQ's perform_job runs in this process now (its job, or saving its outcome)
     _graceshell_cold_job: str | None = None  # the job ColdShutdown was raised in
 
     @property
@@ -108,9 +109,11 @@ class WorkerMixin:
                 self._graceshell_performing = None
 
         job.perform = performing
+        self._graceshell_in_perform = True
         try:
             return super().perform_job(job, queue, *args, **kwargs)  # type: ignore[misc]
         finally:
+            self._graceshell_in_perform = False
             del job.perform
             if self._graceshell_cold_job != job.id:  # a requeued job keeps its entry, for the report
                 tracker.__exit__(None, None, None)
@@ -141,8 +144,9 @@ class WorkerMixin:
             self._graceshell_cold_job = job.id
             self._graceshell_performing = None
             raise ColdShutdown()
-        if self.get_current_job_id() is not None:  # type: ignore[attr-defined]
-            # Its code is done and RQ is saving the outcome: the worker stops right after.
+        if self._graceshell_in_perform:
+            # Its code is done and RQ is saving the outcome (an exception here
+            # would fail a finished job): the worker stops right after.
             self._cold_log(None, "finish saving the job, then stop")
             return None
         self._cold_log(None, "stop")
