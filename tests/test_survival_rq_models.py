@@ -216,8 +216,6 @@ def test_rq_spawnworker_survives_a_platform_stop(rq_stops, broadcast, wrapped):
     fates, ids, retries, results, _ = cell(rq_stops, "SpawnWorker", broadcast, wrapped)
     if wrapped:
         assert_never_worse_than_bare(fates, ids, retries, results)
-    elif broadcast == "all":  # the platform's TERM kills the spawned horse: RQ fails the short job
-        assert fates["short job"] == "failed", fates
 
 
 @pytest.mark.parametrize("broadcast", BROADCASTS)
