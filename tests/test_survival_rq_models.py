@@ -108,8 +108,8 @@ def warm_stops(tmp_path) -> int:
 def stop_once(tmp_path, redis_url: str, model: str, broadcast: str, wrapped: bool, labels: tuple[str, ...]
               ) -> tuple[dict, dict, dict, dict]:
     """One drill: the jobs `labels` running at the stop (and one waiting
-    behind the short job); their fates, the verdict, their ids, the long
-    job's retries left."""
+    behind the short job); their fates, the verdict, their ids, and what
+    became of the long job's Retry and on_failure callback."""
     from redis import Redis
     from rq import Callback, Queue, Retry
 
@@ -168,7 +168,8 @@ def rq_stops(framework_stops):
 
 
 def cell(stops: dict, model: str, broadcast: str, wrapped: bool) -> tuple[dict, dict, dict, list, dict]:
-    """A cell's drills put together: fates, ids, retries, each drill's verdict, and one verdict for the table."""
+    """A cell's drills put together: fates, ids, the long job's Retry and callback, each drill's verdict, and
+    one verdict for the table."""
     fates, ids, retries, results = {}, {}, {}, []
     for labels in drills_of(model):
         its_fates, result, its_ids, its_retries = outcome_of(stops, (model, broadcast, wrapped, labels))
