@@ -41,6 +41,22 @@ def test_check_sidekiq_warns_only_about_a_timeout_of_the_users_that_does_not_fit
         assert "cold step at 5s" in warning
 
 
+def test_check_delayed_job_says_how_to_run_several_workers(tmp_path):
+    """delayed_job's script hands -n workers to the daemons gem: `start`
+    daemonizes and returns, `run` runs them one after another."""
+    entries = check(tmp_path, "daemons: bin/delayed_job -n 2 start\n"
+                              "in_turn: bundle exec script/delayed_job --pool=mail:2 run\n"
+                              "one: bin/delayed_job run\n"
+                              "rake: bundle exec rake jobs:work\n",
+                    "--preset", "delayed_job", "--platform", "docker")
+    (warning,) = [w for w in entries["daemons"]["warnings"] if "delayed_job" in w]
+    assert "daemonizes its workers" in warning and "one worker per process" in warning, warning
+    (warning,) = [w for w in entries["in_turn"]["warnings"] if "delayed_job" in w]
+    assert "one after another" in warning and "one worker per process" in warning, warning
+    for name in ("one", "rake"):
+        assert not [w for w in entries[name]["warnings"] if "delayed_job" in w], entries[name]["warnings"]
+
+
 @pytest.mark.parametrize("preset", ["sidekiq", "delayed_job"])
 def test_check_ruby_preset_says_when_a_rubyopt_of_the_users_hides_the_integration(tmp_path, preset):
     command = "bundle exec sidekiq" if preset == "sidekiq" else "bundle exec rake jobs:work"

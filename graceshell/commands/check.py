@@ -95,9 +95,10 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "interruption_notices": {"value": plan.interruption_notices,
                                  "from": _from(settings, "interruption_notices", "off")},
         "metadata_url": {"value": plan.metadata_url, "from": _from(settings, "metadata_url", "the provider's own")},
-        "warnings": (_short_reserve(plan, budget_origin)
-                     if uses_reserve and not errors else []) + warnings(plan) + _ruby_integration(plan, settings,
-                                                                                                  environ),
+        "warnings": ((_short_reserve(plan, budget_origin)
+                     if uses_reserve and not errors else []) + warnings(plan)
+                    + _ruby_integration(plan, settings, environ) + _rq_worker_class(plan, environ)
+                    + _delayed_job_command(plan)),
         "errors": errors,
     }
 
@@ -261,6 +262,77 @@ def _sidekiq_timeout(plan: RunPlan) -> list[str]:
            "then" if cold and cold[0] <= room else "the jobs still running may be lost to the kill")
     return [f"sidekiq's -t {format_duration(timeout)} does not fit a budget of {format_duration(budget)}: {cut}; "
             f"use -t {int(max(room, 0.0))} or less, or leave -t out and graceshell fits it to the budget"]
+
+
+_RQ_INTEGRATION = "graceshell.integrations.rq"
+# rq's own worker classes (rq/worker/worker_classes.py) and graceshell's
+# counterpart of each; HerokuWorker and the rest get the mixin's advice.
+_RQ_OWN_CLASSES = {"Worker": "Worker", "SimpleWorker": "SimpleWorker", "SpawnWorker": "SpawnWorker"}
+
+
+def _rq_worker_class(plan: RunPlan, environ: Mapping[str, str]) -> list[str]:
+    """`rq worker -w X` (or an RQ_WORKER_CLASS of the user's own) replaces the
+    rq preset's RQ_WORKER_CLASS, and with it graceshell's shutdown in RQ."""
+    if plan.preset != "rq":
+        return []
+    from graceshell.config.presets import PRESETS
+    from graceshell.config.procfile import command_words
+
+    preset_class = PRESETS["rq"].env["RQ_WORKER_CLASS"]
+    words = command_words(plan.argv)
+    named, origin = None, ""
+    for index, word in enumerate(words):
+        if word in ("-w", "--worker-class") and index + 1 < len(words):
+            named, origin = words[index + 1], f"-w {words[index + 1]}"
+        elif word.startswith("--worker-class="):
+            named = word.partition("=")[2]
+            origin = f"-w {named}"
+        elif word.startswith("-w") and len(word) > 2 and not word.startswith("-w-"):
+            named, origin = word[2:], f"-w {word[2:]}"
+    if named is None:
+        for value, where in ((environ.get("RQ_WORKER_CLASS"), "the environment"),
+                             ((plan.env or {}).get("RQ_WORKER_CLASS"), "the configured env")):
+            if value and value != preset_class:
+                named, origin = value, f"RQ_WORKER_CLASS={value} from {where}"
+                break
+    if named is None or named.startswith(f"{_RQ_INTEGRATION}.") or named.startswith(f"{_RQ_INTEGRATION}:"):
+        return []
+    module, _, name = named.rpartition(".")
+    replaces = (f"{origin} replaces the rq preset's RQ_WORKER_CLASS ({preset_class}), and with it graceshell's "
+                "shutdown: the platform's TERM can kill the work horse, and the cold step fails or abandons the "
+                "job in hand instead of requeueing it")
+    if module.split(".")[0] == "rq" and name in _RQ_OWN_CLASSES:
+        ours = f"{_RQ_INTEGRATION}.{_RQ_OWN_CLASSES[name]}"
+        use = f"-w {ours}" if origin.startswith("-w") else f"RQ_WORKER_CLASS={ours}"
+        return [f"{replaces}; use {use}, rq's {name} with graceshell's shutdown"]
+    return [f"{replaces}, unless {name} already has {_RQ_INTEGRATION}.WorkerMixin among its bases; "
+            f"define it as class {name}(WorkerMixin, ...) with WorkerMixin from {_RQ_INTEGRATION}"]
+
+
+def _delayed_job_command(plan: RunPlan) -> list[str]:
+    """delayed_job's script (lib/delayed/command.rb) hands its workers to the
+    daemons gem: `start` daemonizes them and returns, and `run` runs them in
+    the foreground one after another (-n N, --pool), not side by side."""
+    if plan.preset != "delayed_job":
+        return []
+    from graceshell.config.procfile import command_words
+
+    words = command_words(plan.argv)
+    script = next((i for i, word in enumerate(words) if word.rsplit("/", 1)[-1] == "delayed_job"), None)
+    if script is None:
+        return []
+    options = words[script + 1:]
+    several = any(word in ("-n", "--number_of_workers") or word.startswith(("--number_of_workers=", "--pool"))
+                  or (word.startswith("-n") and word[2:].isdigit()) for word in options)
+    if "start" in options or "restart" in options:
+        return ["delayed_job start daemonizes its workers and returns at once: graceshell takes that for the "
+                "worker's end and stops them, as a container's end would; use `delayed_job run` or `rake jobs:work`, "
+                "one worker per process, and run more processes for more workers"]
+    if several:
+        return ["delayed_job -n/--pool with run starts its workers one after another, not side by side (the "
+                "next begins when one exits; graceshell's integration keeps one from starting after the stop): "
+                "run one worker per process, and more processes for more workers"]
+    return []
 
 
 def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:

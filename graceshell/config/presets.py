@@ -51,13 +51,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "TERM lets running tasks finish; QUIT at the cold reserve before the end cancels the rest so the "
            "broker gets them back (acks_late) before the kill",
            cold_floor=3.0, cold_why="Celery's cold shutdown, 1.2-2.6s measured, with margin"),
-    # rq 2.10 rq/worker/base.py: first TERM = warm (finish the job); a second
-    # TERM more than 1 s later = cold (horse killed, SystemExit). The horse
-    # has its own process group, so the final kill must cover the tree.
-    # RQ_WORKER_CLASS is read by `rq worker` (rq/cli/helpers.py) unless -w is given.
-    # Its cold shutdown (horse killed, job requeued) took 0.15-0.6 s in the
-    # end-to-end tests, and up to 1 s more on a loaded machine: on the way
-    # out RQ joins its pubsub thread with a 1 s timeout (Worker.unsubscribe).
+    # rq 3.0 rq/worker/base.py: first TERM or INT = warm (finish the job); a
+    # second one more than 1 s later = cold (horse killed, SystemExit). The
+    # horse has its own process group, so the final kill must cover the tree.
+    # `rq worker-pool` (rq/worker_pool.py) sends SIGINT to each worker at every
+    # TERM it gets. RQ_WORKER_CLASS is read by `rq worker` and `rq
+    # worker-pool` (rq/cli/helpers.py) unless -w is given; check says what
+    # to do then. Its cold shutdown (horse killed, job requeued) took
+    # 0.13-1.3 s in the end-to-end tests on a loaded machine, a pool's up to
+    # 1.9 s (WorkerPool looks at its workers once a second).
     Preset("rq", (("TERM", "0s"), ("TERM", "budget-reserve")),
            {"RQ_WORKER_CLASS": "graceshell.integrations.rq.Worker"},
            "TERM finishes the current job; a second TERM at the cold reserve before the end is the cold "
@@ -124,12 +126,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # delayed_job 4.1 lib/delayed/worker.rb: INT and TERM = exit after the
     # job; a killed worker leaves its job locked until max_run_time.
     # graceshell's Ruby file (RUBYOPT) keeps the warm phase warm whatever
-    # raise_signal_exceptions says and aborts the job at the cold TERM.
+    # raise_signal_exceptions says, aborts the job at the cold TERM and puts
+    # it back unlocked, due now, with no attempt used.
     Preset("delayed_job", (("INT", "0s"), ("TERM", "budget-3s")),
            {"RUBYOPT": "-r{integrations}/ruby/delayed_job.rb"},
-           "INT finishes the current job; TERM 3 s before the end aborts it, and delayed_job reschedules it "
-           "and releases its lock (graceshell's Ruby file, loaded by the preset, does that without "
-           "raise_signal_exceptions and keeps the platform's own TERM from aborting a job earlier)"),
+           "INT finishes the current job; TERM 3 s before the end aborts it, and graceshell's Ruby file, loaded "
+           "by the preset, puts it back unlocked and due now with no attempt used (it also keeps the "
+           "platform's own TERM from aborting a job earlier, whatever raise_signal_exceptions says)"),
     # gunicorn 26 gunicorn/arbiter.py: TERM = graceful (graceful_timeout),
     # INT/QUIT = quick; INT during a graceful stop switches to quick.
     Preset("gunicorn", (("TERM", "0s"), ("INT", "budget-3s")), {},

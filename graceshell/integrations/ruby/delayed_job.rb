@@ -15,8 +15,15 @@
 #   flag, whatever raise_signal_exceptions says: the job in hand finishes if
 #   it can. Once graceshell has escalated (its cold step, TERM at
 #   budget-3s in the preset, rewrites the shutdown notice first), TERM
-#   aborts the job: delayed_job's own error path reschedules it (one more
-#   attempt, run_at later) and releases its lock before the KILL.
+#   aborts the job, and delayed_job's error path (Worker#handle_failed_job)
+#   puts it back as it was, before the KILL: its lock released, its run_at
+#   kept (due now) and no attempt used. delayed_job's own reschedule would
+#   count an attempt (a job with max_attempts 1 would fail for good) and put
+#   it off by 5 s + attempts**4.
+# - A worker started after the stop does not start: `delayed_job -n 2 run`
+#   (lib/delayed/command.rb, with the daemons gem's `run`) runs its workers
+#   one after another in the foreground, so the second would begin, and take
+#   jobs, when the first left for the stop.
 # - Every job is recorded in graceshell's ledger while it runs; an aborted
 #   one keeps its entry ("interrupted": true, "requeued": true when it is
 #   rescheduled and unlocked), so graceshell's exit report names it.
@@ -63,6 +70,12 @@ module Graceshell
 
       private :trap
 
+      def start
+        return super unless Graceshell.requested?
+
+        say "graceshell: the worker was asked to stop before it started: it takes no job"
+      end
+
       def run(job)
         path = Graceshell.track(job.id, job.name, framework: "delayed_job", queue: job.queue,
                                                   attempts: job.attempts)
@@ -75,6 +88,18 @@ module Graceshell
           Graceshell.forget(path) # finished, or failed by itself: delayed_job owns its retries
         end
         result
+      end
+
+      protected
+
+      # Delayed::Worker#handle_failed_job (protected), for the job aborted at
+      # graceshell's cold step: back as it was, at once, no attempt used.
+      def handle_failed_job(job, error)
+        return super unless error.is_a?(ColdShutdown)
+
+        job.unlock
+        job.save!
+        job_say job, "put back by graceshell's cold shutdown, due now, no attempt used", "warn"
       end
 
       private

@@ -57,6 +57,12 @@ module Graceshell
     nil
   end
 
+  # True once graceshell has received a stop signal (it writes the notice first).
+  def requested?
+    path = ENV[SHUTDOWN_FILE_ENV]
+    !path.nil? && !path.empty? && File.exist?(path)
+  end
+
   # True once graceshell has gone past the warm phase: its cold step or the kill.
   def escalated?
     step = notice&.fetch("step", 0)
