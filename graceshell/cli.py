@@ -102,9 +102,20 @@ internal error (every process is killed first)."""
 
 CHECK_HELP = """\
 Validate graceshell.yml, the Procfile and .env, and print the effective
-settings of each process (or of PROCESS_TYPE): platform and how it was
-detected, timeout, budget, ladder with absolute offsets, remap, preset, and
-where each value comes from. Exit 2 on any error."""
+settings of each process (or of PROCESS_TYPE, or of the command after `--`):
+platform and how it was detected, timeout, budget, ladder with absolute
+offsets, remap, preset, and where each value comes from.
+
+\b
+  graceshell check
+  graceshell check worker
+  graceshell check --strict --preset rq -- rq worker high default
+
+\b
+exit status: 0 when all is well; 2 on any error (usage, config, or an
+`error:` line); 1 on a warning with --strict."""
+
+CHECK_WARNING_EXIT = 1
 
 # Flags that are settings, with the key each one sets.
 SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
@@ -450,26 +461,51 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
     return Starter(instances, log, sys.stdout.buffer, colour=use_colour(sys.stdout)).run()
 
 
-@cli.command(context_settings=CONTEXT, help=CHECK_HELP,
+@cli.command(cls=_CommandLine, context_settings=CONTEXT, help=CHECK_HELP,
              short_help="validate config and Procfile, print effective settings",
-             options_metavar="[OPTIONS] [PROCESS_TYPE]")
+             options_metavar="[OPTIONS] [PROCESS_TYPE] [-- COMMAND [ARG]...]")
 @_setting_options()
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-@click.argument("process_type", required=False, metavar="", shell_complete=_complete_process_type)
+@click.option("--strict", is_flag=True, help="exit 1 on a warning too (for CI)")
+@click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
-def check(ctx: click.Context, process_type: str | None, as_json: bool, **_: Any) -> int:
+def check(ctx: click.Context, words: tuple[str, ...], as_json: bool, strict: bool, **_: Any) -> int:
     import json
 
     from graceshell.commands.check import check as check_sources, render_text
 
+    process_type, command = _type_and_command(ctx, words)
     params = ctx.params
     sources = _sources(params["config"], params["procfile"], params["env_files"])
-    entries, notes = check_sources(sources, process_type, flag_layer(ctx), os.environ)
+    entries, notes = check_sources(sources, process_type, flag_layer(ctx), os.environ, command)
     if as_json:
         sys.stdout.write(json.dumps({"processes": entries, "notes": notes}, indent=2) + "\n")
     else:
         sys.stdout.write(render_text(entries, notes))
+    errors = sum(len(entry["errors"]) for entry in entries)
+    warnings = sum(len(entry["warnings"]) for entry in entries)
+    if errors:
+        sys.stdout.flush()
+        sys.stderr.write(f"graceshell: check: {errors} error{'s' * (errors != 1)}\n")
+        return USAGE_EXIT
+    if strict and warnings:
+        sys.stdout.flush()
+        sys.stderr.write(f"graceshell: check: {warnings} warning{'s' * (warnings != 1)} (--strict)\n")
+        return CHECK_WARNING_EXIT
     return 0
+
+
+def _type_and_command(ctx: click.Context, words: tuple[str, ...]) -> tuple[str | None, list[str] | None]:
+    """`check [PROCESS_TYPE] [-- COMMAND...]`: what came after `--` is a
+    command (click drops the `--`, so it is found in the raw arguments)."""
+    raw = ctx.meta.get("graceshell.raw_args", [])
+    after = len(raw) - raw.index("--") - 1 if "--" in raw else 0
+    before, command = list(words[:len(words) - after]), list(words[len(words) - after:])
+    if len(before) > 1:
+        raise UsageError(f"check takes one PROCESS_TYPE, got {' '.join(before)} (a command goes after `--`)")
+    if "--" in raw and not command:
+        raise UsageError("check: no command after `--`")
+    return (before[0] if before else None), (command or None)
 
 
 # -- the entry point --------------------------------------------------------------------------

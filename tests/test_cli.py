@@ -26,7 +26,7 @@ def graceshell(*args: str, cwd: Path | None = None, env: dict | None = None) -> 
     (["check", "--log-format", "xml"], "'xml' is not one of"),
     (["drill", "--broadcast", "everyone", "--", "true"], "'everyone' is not one of"),
     (["start", "--port", "eighty"], "'eighty' is not a valid integer"),
-    (["check", "--json", "a", "b"], "unexpected extra argument (b)"),
+    (["check", "--json", "a", "b"], "check takes one PROCESS_TYPE, got a b (a command goes after `--`)"),
     (["run", "--remap", "TERM", "--", "true"], "FROM:TO"),
 ])
 def test_usage_errors_exit_2_in_one_line_naming_the_flag(tmp_path, args, needle):

@@ -207,12 +207,12 @@ def test_an_8s_compose_stop_grace_period_fits_a_3s_job(tmp_path):
 
 def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(tmp_path):
     proc = graceshell(tmp_path, "check", "--platform", "fly", "--preset", "resque")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 2 and proc.stderr == "graceshell: check: 1 error\n"
     assert "  warm phase       0s" in proc.stdout
     assert ("error: TERM@budget-6s falls on 0s: a budget of 4s (fly, timeout 5s) leaves no warm phase"
             in proc.stdout)
     assert "raise kill_timeout in fly.toml to at least 15s" in proc.stdout
-    railway = check_json(tmp_path, "--platform", "railway", "--preset", "celery")["processes"][0]
+    railway = check_json(tmp_path, "--platform", "railway", "--preset", "celery", status=2)["processes"][0]
     (error,) = railway["errors"]
     assert error.endswith("raise the service variable RAILWAY_DEPLOYMENT_DRAINING_SECONDS to at least 8s")
     fixed = graceshell(tmp_path, "check", "--platform", "cloudrun", "--budget", "1s", "--preset", "resque")
@@ -224,9 +224,9 @@ def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(t
 def test_a_budget_relative_first_step_that_fits_is_no_error(tmp_path):
     entry = check_json(tmp_path, "--platform", "docker", "--ladder", "QUIT@budget-5s")["processes"][0]
     assert entry["errors"] == [] and entry["warm_phase_s"]["value"] == 3.0
-    fly = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget-5s")["processes"][0]
+    fly = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget-5s", status=2)["processes"][0]
     assert fly["errors"][0].startswith("QUIT@budget-5s falls on 0s")
-    spaced = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget - 5s")["processes"][0]
+    spaced = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget - 5s", status=2)["processes"][0]
     assert spaced["errors"][0].startswith("QUIT@budget - 5s falls on 0s")  # spelled as the ladder parser allows
     assert spaced["errors"][0].endswith(fly["errors"][0].rsplit(";", 1)[1])  # the same advice
 
@@ -374,3 +374,36 @@ def test_parsers_name_a_container_subclass_in_a_value_error(value):
     for parse in (parse_duration, parse_signal):
         with pytest.raises(ValueError):
             parse(value)
+
+
+# -- check as a CI gate ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, env", [
+    (["--platform", "docker", "--budget", "4s", "--ladder", "TERM@0s,QUIT@budget-5s"], {}),
+    (["--preset", "celery"], {"RAILWAY_REPLICA_ID": "r"}),
+])
+def test_every_error_line_of_check_exits_2(tmp_path, args, env):
+    proc = graceshell(tmp_path, "check", *args, "--", "sleep", "1", env=clean_env(**env))
+    assert "  error: " in proc.stdout
+    assert proc.returncode == 2 and proc.stderr == "graceshell: check: 1 error\n"
+
+
+def test_check_strict_fails_on_a_warning_and_names_a_command_not_on_path(tmp_path):
+    write(tmp_path, "Procfile", "worker: no-such-worker-cmd --queue a\n")
+    lenient = graceshell(tmp_path, "check", "--platform", "none")
+    assert lenient.returncode == 0, lenient.stderr
+    assert "warning: no-such-worker-cmd is not on PATH: `graceshell run` would exit 127" in lenient.stdout
+    strict = graceshell(tmp_path, "check", "--platform", "none", "--strict")
+    assert strict.returncode == 1 and strict.stderr == "graceshell: check: 1 warning (--strict)\n"
+    assert graceshell(tmp_path, "check", "--platform", "none", "--strict", "--", "sleep", "1").returncode == 0
+
+
+def test_check_takes_a_command_after_double_dash_as_run_does(tmp_path):
+    write(tmp_path, "graceshell.yml", "processes:\n  worker:\n    budget: 7s\n")
+    (entry,) = check_json(tmp_path, "--platform", "docker", "--preset", "rq", "--", "rq", "worker", "high",
+                          "--burst")["processes"]
+    assert entry["command"] == ["rq", "worker", "high", "--burst"] and entry["source"] == "command line"
+    assert entry["preset"]["value"] == "rq" and entry["budget_s"]["value"] == 8.0
+    # A process type before `--` names the graceshell.yml section, as `run --name` does.
+    (named,) = check_json(tmp_path, "--platform", "docker", "worker", "--", "sleep", "1")["processes"]
+    assert named["process"] == "worker" and named["budget_s"]["value"] == 7.0

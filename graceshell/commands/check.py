@@ -3,6 +3,7 @@ process will really get, with where every value comes from."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 
@@ -83,11 +84,38 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
                                 "from": _from(settings, "parent_death_signal", "the warm shutdown's signal")},
         # Names only: values of environment variables may be secrets.
         "env": {"value": sorted(plan.env or {}), "from": _from(settings, "env")},
-        "warnings": (_short_reserve(plan, budget_origin)
-                     if uses_reserve and not errors else []) + warnings(plan) + _ruby_integration(plan, settings,
-                                                                                                  environ),
+        "warnings": (_short_reserve(plan, budget_origin) if uses_reserve and not errors else [])
+                    + _not_on_path(argv, plan, environ) + warnings(plan) + _ruby_integration(plan, settings, environ),
         "errors": errors,
     }
+
+
+# The stand-in command of a process that `check` knows no command for.
+PLACEHOLDER = "COMMAND"
+
+
+def _not_on_path(argv: list[str], plan: RunPlan, environ: Mapping[str, str]) -> list[str]:
+    """The program the command starts, when it is not where `run` would look for it."""
+    import shutil
+
+    from graceshell.config.procfile import command_words
+
+    if argv == [PLACEHOLDER]:
+        return []
+    words = [word for word in command_words(argv) if "=" not in word.partition("/")[0]]  # FOO=1 cmd: cmd
+    if not words or words[0] in _SHELL_BUILTINS:
+        return []
+    program = words[0]
+    path = environ.get("PATH", (plan.env or {}).get("PATH", os.defpath))
+    if shutil.which(program, path=path) is not None:
+        return []
+    where = "does not exist or is not executable" if "/" in program else "is not on PATH"
+    return [f"{program} {where}: `graceshell run` would exit 127 (install it, activate its virtualenv, or "
+            "give its full path)"]
+
+
+_SHELL_BUILTINS = frozenset({"exec", "cd", "export", "set", "test", "[", ".", "source", "eval", "true", "false",
+                             "echo", "printf", "trap", "ulimit", "umask", "wait", "read", "if", "for", "while"})
 
 
 def _is_reserve(at: str | float) -> bool:
@@ -254,8 +282,6 @@ def _sidekiq_timeout(plan: RunPlan) -> list[str]:
 def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
     """A RUBYOPT of the user's own replaces the preset's, and with it the
     integration; Ruby splits RUBYOPT at spaces, so its path must have none."""
-    import os
-
     from graceshell.config.presets import ruby_integration
 
     path = ruby_integration(plan.preset)
@@ -311,13 +337,20 @@ def _seconds(value: float | None) -> str:
 
 
 def check(sources: Sources, process_type: str | None, flags: Mapping[str, Setting],
-          environ: Mapping[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Effective settings of the chosen process, or of every Procfile process."""
+          environ: Mapping[str, str], command: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Effective settings of `-- COMMAND` (with the section of process_type,
+    or of $GRACESHELL_PROCESS/$DYNO), of the chosen process, or of every
+    Procfile process."""
     notes: list[str] = []
-    targets: list[tuple[str, str, list[str]]] = []
     # (name, where it is defined, argv, graceshell.yml section)
     targets: list[tuple[str, str, list[str], str | None]] = []
-    if process_type is not None:
+    if command:
+        from graceshell.config.resolve import process_from_environment, process_type_of
+
+        name = process_type or process_from_environment(environ)
+        section = process_type_of(name) if name else None
+        targets.append((name or os.path.basename(command[0]), "command line", list(command), section))
+    elif process_type is not None:
         command = sources.process_command(process_type)
         procfile = sources.procfile
         targets.append((process_type, f"{procfile.path}:{procfile.lines[process_type]}", command, process_type))
@@ -330,10 +363,10 @@ def check(sources: Sources, process_type: str | None, flags: Mapping[str, Settin
         for name in (sources.config.processes if sources.config is not None else {}):
             if name not in types:
                 targets.append((name, f"{sources.config.path} only (graceshell run --name {name} -- ...)",
-                                ["COMMAND"], name))
+                                [PLACEHOLDER], name))
         if not types:
             notes.append(f"no {sources.procfile_path}: showing what `graceshell run -- COMMAND` gets")
-            targets.append(("(run -- COMMAND)", "command line", ["COMMAND"], None))
+            targets.append(("(run -- COMMAND)", "command line", [PLACEHOLDER], None))
     if sources.config is None:
         notes.append("no graceshell.yml: built-in settings, presets and flags only")
     entries = [effective(name, source, argv, sources.settings_for(section, flags), environ)
