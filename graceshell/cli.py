@@ -296,8 +296,10 @@ class _CommandLine(click.Command):
 
 @click.group(context_settings=CONTEXT, help="graceshell: graceful shutdown for background-job workers.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
-def cli() -> None:
-    pass
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    if ctx.invoked_subcommand not in ("run", "start"):  # they take the recorded stop signals over
+        _release_recorded()
 
 
 def _sources(config: str | None, procfile: str | None, env_files: tuple[str, ...]) -> Sources:
@@ -502,9 +504,10 @@ def _type_and_command(ctx: click.Context, words: tuple[str, ...]) -> tuple[str |
     after = len(raw) - raw.index("--") - 1 if "--" in raw else 0
     before, command = list(words[:len(words) - after]), list(words[len(words) - after:])
     if len(before) > 1:
-        raise UsageError(f"check takes one PROCESS_TYPE, got {' '.join(before)} (a command goes after `--`)")
+        raise click.UsageError(f"check takes one PROCESS_TYPE, got {' '.join(before)} (a command goes after `--`)",
+                               ctx=ctx)
     if "--" in raw and not command:
-        raise UsageError("check: no command after `--`")
+        raise click.UsageError("no command after `--`", ctx=ctx)
     return (before[0] if before else None), (command or None)
 
 
@@ -526,6 +529,20 @@ def _usage_line(exc: click.UsageError) -> str:
     return f"{message} (see '{command} --help')"
 
 
+def _release_recorded() -> None:
+    """Stop signals the entry point recorded (graceshell.early) act now, as they would have."""
+    early = sys.modules.get("graceshell.early")
+    if early is not None:
+        early.release()
+
+
+def _dispatch(args: list[str]) -> Any:
+    try:
+        return cli.main(args, prog_name=PROG, standalone_mode=False)
+    finally:  # --help, --version, a usage error: a stop recorded meanwhile acts now
+        _release_recorded()
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
     # Before structlog loads (after the spawn): it imports asyncio for async
@@ -534,7 +551,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     defer("asyncio")
     args = sys.argv[1:] if argv is None else argv
     try:
-        code = cli.main(args, prog_name=PROG, standalone_mode=False)
+        code = _dispatch(args)
     except GraceshellError as exc:
         _fail(str(exc), exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:  # `graceshell` alone: the help, as a usage error

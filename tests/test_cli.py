@@ -4,6 +4,8 @@ import json
 import os
 import pty
 import select
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -191,3 +193,63 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.stdout == "ok\n", proc.stderr
+
+
+def _first_child(pid: int) -> int:
+    while True:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.001)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a PID namespace")
+def test_a_stop_to_pid_1_once_python_has_started_is_acted_on():
+    """As PID 1 a signal without a handler is discarded by the kernel. The bound
+    that is left is Python's own start-up: the TERM goes out the moment the
+    first of graceshell's own modules has loaded (importtime prints a line as
+    each import ends), while the command line is still to be imported."""
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-X", "importtime", "-m",
+                             "graceshell", "run", "--platform", "none", "--log-format", "json", "--", "sleep", "30"],
+                            stderr=subprocess.PIPE, text=True, env=clean_env())
+    pid1 = _first_child(proc.pid)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip().startswith("graceshell."):
+            os.kill(pid1, signal.SIGTERM)
+            break
+    try:
+        rest = proc.communicate(timeout=10)[1]
+    except subprocess.TimeoutExpired:
+        os.kill(pid1, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("the TERM to PID 1 was lost")
+    report = json.loads([line for line in rest.splitlines() if line.startswith("{")][-1])
+    assert report["event"] == "graceshell.exit" and report["stop_signal"] == "TERM", rest
+    assert report["outcome"] == "clean" and proc.returncode == 128 + signal.SIGTERM
+
+
+def test_a_stop_recorded_at_start_up_acts_as_it_would_have_for_other_commands():
+    """graceshell.early catches the stop signals on import; a command that does
+    not take them over gets them back, and a TERM then ends it as a TERM."""
+    code = ("import os, signal, graceshell.early as early; os.kill(os.getpid(), signal.SIGTERM); "
+            "print('recorded', flush=True); early.release(); print('not reached')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.stdout == "recorded\n" and proc.returncode == -signal.SIGTERM
+
+
+def test_check_ends_at_a_stop_that_came_during_its_start_up(tmp_path):
+    proc = subprocess.Popen([*GRACESHELL, "check", "--platform", "none", "--", "sleep", "1"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    while not _catches(proc.pid, signal.SIGTERM):  # graceshell.early's handler: the command line is loading
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM and out == b""
+
+
+def _catches(pid: int, signum: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
