@@ -378,10 +378,21 @@ def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any
     try:
         return supervise(plan, log_format, log_level)
     except FileNotFoundError:
-        raise GraceshellError(f"{plan.argv[0]}: command not found", NOT_FOUND_EXIT) from None
+        return _not_started(plan, NOT_FOUND_EXIT, f"{plan.argv[0]}: command not found", log_format, log_level)
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
-        raise GraceshellError(f"{plan.argv[0]}: cannot execute: {reason}", NOT_EXECUTABLE_EXIT) from None
+        return _not_started(plan, NOT_EXECUTABLE_EXIT, f"{plan.argv[0]}: cannot execute: {reason}", log_format,
+                            log_level)
+
+
+def _not_started(plan: RunPlan, code: int, error: str, log_format: str, log_level: str) -> int:
+    """A command that could not be executed ends with its report too, in the log's format."""
+    from graceshell.engine.report import not_started_report
+    from graceshell.logs import make_logger
+
+    make_logger(log_format, log_level, process=plan.name).error("graceshell.exit",
+                                                                **not_started_report(plan, code, error))
+    return code
 
 
 @cli.command(cls=_CommandLine, context_settings=COMMAND_CONTEXT, help=DRILL_HELP,

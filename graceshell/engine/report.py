@@ -8,6 +8,8 @@ outcome:
   exited     no stop was asked for; the worker ended on its own with 0
   crashed    the worker failed: non-zero or killed by a signal, without a
              stop request, or a stop whose first step it answered with an error
+  not_started  the command could not be executed: 127 not found, 126 not
+             executable (`error` says why)
 """
 
 from __future__ import annotations
@@ -79,3 +81,26 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
     if survivors:
         report["survivors"] = survivors
     return report
+
+
+def not_started_report(plan: RunPlan, exit_code: int, error: str) -> dict[str, Any]:
+    """The report of a command that could not be executed (126/127): the keys
+    of every other report, so a log pipeline reads it the same way."""
+    return {
+        "outcome": "not_started",
+        "exit_code": exit_code,
+        "error": error,
+        "signal": None,
+        "stop_signal": None,
+        "pid": None,
+        "uptime_s": 0.0,
+        "shutdown_s": None,
+        "budget_s": plan.budget,
+        "platform_timeout_s": plan.platform_timeout,
+        "platform": plan.platform.name,
+        "ladder": describe(plan.ladder),
+        "steps_fired": 0,
+        "killed": [],
+        "orphaned_jobs": [],
+        "reaped_orphans": 0,
+    }
