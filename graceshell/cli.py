@@ -383,6 +383,19 @@ def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any
         reason = (exc.strerror or str(exc)).lower()
         return _not_started(plan, NOT_EXECUTABLE_EXIT, f"{plan.argv[0]}: cannot execute: {reason}", log_format,
                             log_level)
+    finally:
+        _ignore_late_stops(plan)
+
+
+def _ignore_late_stops(plan: RunPlan) -> None:
+    """The report is written and its exit status chosen: a stop that comes now
+    (`start` stopping every process as this one ends) must not change it.
+    Python resets the handlers it installed to the default at exit, and a
+    default TERM would make this run's status 143 after a report of 6."""
+    import signal
+
+    for signum in plan.stop_signals:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _not_started(plan: RunPlan, code: int, error: str, log_format: str, log_level: str) -> int:

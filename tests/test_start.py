@@ -175,3 +175,21 @@ def test_an_internal_error_kills_every_process_tree_it_started():
         return found
 
     wait_for(lambda: not sleepers(), 5, "every sleep killed")
+
+
+def test_processes_that_end_together_keep_their_true_codes_and_reports(tmp_path):
+    """Four of five end at once, while start stops the others: none is
+    signalled to death before it has a report, none after its report; each
+    code in the summary is the one its own report gives."""
+    (tmp_path / "Procfile").write_text('a: no-such-command-here\nb: sh -c "exit 5"\nc: sleep 100\n'
+                                       'd: sh -c "exit 6"\ne: python3 -c "import sys; sys.exit(7)"\n')
+    proc = start(tmp_path, "--log-format", "json")
+    out, err = proc.communicate(timeout=60)
+    reports = {r["process"]: r for r in (json.loads(text) for _, text in lines_of(out) if '"graceshell.exit"' in text)}
+    assert sorted(reports) == ["a.1", "b.1", "c.1", "d.1", "e.1"], out.decode()
+    (summary,) = events(err, "graceshell.summary")
+    assert {p["process"]: p["exit_code"] for p in summary["processes"]} == {
+        name: report["exit_code"] for name, report in reports.items()}
+    assert reports["a.1"]["exit_code"] == 127 and reports["c.1"]["exit_code"] == 143
+    assert reports["b.1"]["exit_code"] in (5, 143) and reports["d.1"]["exit_code"] in (6, 143)
+    assert proc.returncode == summary["exit_code"] == reports[summary["cause"]]["exit_code"]

@@ -45,6 +45,7 @@ BACKOFF_RESET_AFTER = 10.0  # a run this long resets the backoff
 RESTART_PERIOD = 60.0
 DEFAULT_RESTART_LIMIT = 5
 MAX_PARTIAL_LINE = 64 * 1024  # a longer line is written out in pieces rather than held
+_STOPS = frozenset({int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGQUIT)})
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95")
 
 
@@ -131,10 +132,16 @@ class Starter:
     def _spawn(self, instance: Instance) -> None:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
+        # The child starts with the stop signals blocked (the mask survives
+        # exec), so a stop sent while it is still starting waits, pending,
+        # until its graceshell catches it: it can neither kill it before it has
+        # a report to write nor be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         try:
             instance.proc = subprocess.Popen(instance.argv, stdin=subprocess.DEVNULL, stdout=out_write,
                                              stderr=err_write, env=instance.env, start_new_session=True)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(out_write)
             os.close(err_write)
         for fd in (out_read, err_read):
@@ -220,7 +227,7 @@ class Starter:
 
     def run(self) -> int:
         read_fd = wakeup_pipe()
-        stops = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGQUIT)}
+        stops = set(_STOPS)
         for signum in forwardable_signals() | {int(signal.SIGCHLD)}:
             signal.signal(signum, lambda *_: None)
         self.selector.register(read_fd, selectors.EVENT_READ, ("signal", None))
