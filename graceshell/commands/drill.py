@@ -398,8 +398,8 @@ def _job_label(job: dict[str, Any]) -> str:
 
 def render(result: dict[str, Any], tty: bool | None = None) -> str:
     """The verdict for people, with the stop drawn as a timeline; `tty`
-    (default: whether stdout is a terminal) chooses colour and block
-    characters over plain ASCII."""
+    (default: whether stdout is a terminal) chooses block characters, and
+    colour unless NO_COLOR (no-color.org) is set, over plain ASCII."""
     if tty is None:
         try:
             tty = sys.stdout.isatty()
@@ -420,7 +420,7 @@ def render(result: dict[str, Any], tty: bool | None = None) -> str:
         deadline = result["platform_timeout_s"]
         lines.append("")
         lines.append(f"  timeline, from the stop to the platform's SIGKILL at {format_duration(deadline)}:")
-        lines.extend(timeline.render(events, deadline, tty=tty))
+        lines.extend(timeline.render(events, deadline, tty=tty, colour=tty and "NO_COLOR" not in os.environ))
         used = timeline.summary(result.get("stopped_after_s"), deadline)
         if used:
             lines.append(f"  {used}")
