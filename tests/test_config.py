@@ -10,6 +10,7 @@ import pytest
 
 from conftest import GRACESHELL, check_json, clean_env, run_cli
 from graceshell.config.procfile import command_argv, parse_dotenv, parse_procfile
+from graceshell.durations import parse_duration
 
 WORKER = str(Path(__file__).with_name("worker.py"))
 
@@ -407,3 +408,20 @@ def test_check_takes_a_command_after_double_dash_as_run_does(tmp_path):
     # A process type before `--` names the graceshell.yml section, as `run --name` does.
     (named,) = check_json(tmp_path, "--platform", "docker", "worker", "--", "sleep", "1")["processes"]
     assert named["process"] == "worker" and named["budget_s"]["value"] == 7.0
+
+
+def test_durations_are_rounded_to_the_millisecond_in_what_machines_read(tmp_path):
+    """6s - 20% is 4.8, not 4.800000000000001: in check, in the events, in drill."""
+    (entry,) = check_json(tmp_path, "--platform", "docker", "--platform-timeout", "6s", "--preset", "celery",
+                          "--", "sleep", "1")["processes"]
+    assert entry["budget_s"]["value"] == 4.8 and entry["cold_reserve_s"]["value"] == 2.4
+    assert [step["at"] for step in entry["ladder"]["value"]] == [0.0, 2.4, 4.8]
+    run = graceshell(tmp_path, "run", "--platform", "docker", "--platform-timeout", "6s", "--log-format", "json",
+                     "--", "true")
+    events = [json.loads(line) for line in run.stderr.splitlines()]
+    assert events[0]["budget_s"] == events[-1]["budget_s"] == 4.8
+    drill = graceshell(tmp_path, "drill", "--json", "--platform", "docker", "--platform-timeout", "6s",
+                       "--after", "0.2s", "--", "sleep", "5", timeout=30)
+    assert "00000000" not in drill.stdout and "99999999" not in drill.stdout
+    assert "00000000" not in run.stderr + json.dumps(entry)
+    assert parse_duration("0.1h") == 360.0 and parse_duration("1.0004s") == 1.0

@@ -125,4 +125,6 @@ def default_budget(timeout: float | None) -> float:
     """platform timeout - 5 s, but never under 80% of it for short timeouts."""
     if timeout is None:
         return BUDGET_WITHOUT_PLATFORM
-    return max(timeout - PLATFORM_MARGIN, 0.8 * timeout)
+    from graceshell.durations import to_ms
+
+    return to_ms(max(timeout - PLATFORM_MARGIN, 0.8 * timeout))
