@@ -425,3 +425,13 @@ def test_durations_are_rounded_to_the_millisecond_in_what_machines_read(tmp_path
     assert "00000000" not in drill.stdout and "99999999" not in drill.stdout
     assert "00000000" not in run.stderr + json.dumps(entry)
     assert parse_duration("0.1h") == 360.0 and parse_duration("1.0004s") == 1.0
+
+
+def test_podman_is_detected_by_its_containerenv_file_and_gets_its_10s(tmp_path, monkeypatch):
+    from graceshell.config import platforms
+
+    monkeypatch.setattr(platforms.os.path, "exists", lambda path: path == "/run/.containerenv")
+    platform, how = platforms.detect_platform({})
+    assert (platform.name, how, platform.timeout) == ("podman", "file /run/.containerenv", 10.0)
+    (entry,) = check_json(tmp_path, "--platform", "podman", "--", "sleep", "1")["processes"]
+    assert entry["platform_timeout_s"]["value"] == 10.0 and entry["budget_s"]["value"] == 8.0

@@ -78,6 +78,11 @@ PLATFORMS: dict[str, Platform] = {
         Platform("systemd", 90.0, signal.SIGTERM, BROADCAST_ALL, False, ("INVOCATION_ID", "JOURNAL_STREAM"),
                  detect_needs_all=True, doc="www.freedesktop.org/software/systemd/man/systemd.kill.html",
                  timeout_setting="TimeoutStopSec= in the unit"),
+        # podman stop: StopSignal to PID 1, SIGKILL after 10 s (-t, --stop-timeout);
+        # Podman writes /run/.containerenv in every container (no /.dockerenv).
+        Platform("podman", 10.0, signal.SIGTERM, BROADCAST_PID1, False, detect_file="/run/.containerenv",
+                 doc="docs.podman.io/en/latest/markdown/podman-stop.1.html",
+                 timeout_setting="podman stop -t, or podman run --stop-timeout"),
         # docker stop: STOPSIGNAL to PID 1, SIGKILL after 10 s (-t).
         Platform("docker", 10.0, signal.SIGTERM, BROADCAST_PID1, False, detect_file="/.dockerenv",
                  doc="docs.docker.com/reference/cli/docker/container/stop/",
