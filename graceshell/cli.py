@@ -80,8 +80,9 @@ pid1: the top process, as Docker and Kubernetes do), and SIGKILLs what is
 left at the platform's timeout.
 
 \b
-exit status: 0 when the worker stopped within the platform timeout with no
-orphaned job; 1 when it did not; 2 usage or config error."""
+exit status: 0 when the worker stopped on its own within the budget (with
+--no-wrap: within the platform timeout), with no orphaned job; 1 when it did
+not; 2 usage or config error."""
 
 START_HELP = """\
 Run the Procfile's processes (all, or the PROCESS_TYPEs given), each under
@@ -214,9 +215,9 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
     options = [
         click.option(*config_names, "config", metavar="FILE", type=click.Path(dir_okay=False),
                      help="YAML config (default: $GRACESHELL_CONFIG, else ./graceshell.yml)"),
-        click.option("--procfile", metavar="FILE", type=click.Path(dir_okay=False),
+        click.option("-f", "--procfile", metavar="FILE", type=click.Path(dir_okay=False),
                      help="Procfile to read process types from (default: ./Procfile)"),
-        click.option("--env", "env_files", metavar="FILE", multiple=True, type=click.Path(dir_okay=False),
+        click.option("-e", "--env", "env_files", metavar="FILE", multiple=True, type=click.Path(dir_okay=False),
                      help="env file for the worker, repeatable (default: ./.env when present); the real "
                           "environment wins"),
         click.option("--preset", metavar="NAME", type=_PresetName(),
@@ -365,8 +366,8 @@ def _plan_for(ctx: click.Context, words: tuple[str, ...], name: str | None) -> t
              options_metavar="[OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)")
 @_setting_options()
 @click.option("--name", metavar="NAME",
-              help="process name in logs, and the graceshell.yml section to use (default: $DYNO or the "
-                   "command's name)")
+              help="process name in logs, and the graceshell.yml section to use (default: $GRACESHELL_PROCESS, "
+                   "else $DYNO, else the command's name)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
 def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any) -> int:
@@ -440,7 +441,9 @@ def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadc
 @cli.command(context_settings=CONTEXT, help=START_HELP, short_help="run every Procfile process, each under graceshell",
              options_metavar="[OPTIONS] [PROCESS_TYPE]...")
 @_setting_options(short_config=False)
-@click.option("-c", "--concurrency", metavar="TYPE=N,...", help="instances per type, e.g. worker=2,web=1")
+@click.option("-c", "--concurrency", metavar="TYPE=N,...",
+              help="instances per type, e.g. worker=2,web=1 (-c is honcho's and foreman's concurrency here; in run, "
+                   "check and drill it is --config, which start spells out)")
 @click.option("-p", "--port", metavar="PORT", type=click.IntRange(1, 65535),
               help="base port: +100 per process type, +1 per instance (default: $PORT, else 5000)")
 @click.argument("process_types", nargs=-1, metavar="", shell_complete=_complete_process_type)

@@ -253,3 +253,21 @@ def _catches(pid: int, signum: int) -> bool:
         if line.startswith("SigCgt:"):
             return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
     return False
+
+
+def test_help_says_what_the_commands_do(tmp_path):
+    run_help = " ".join(graceshell("run", "--help").stdout.split())
+    assert "(default: $GRACESHELL_PROCESS, else $DYNO, else the command's name)" in run_help
+    drill_help = " ".join(graceshell("drill", "--help").stdout.split())
+    assert "0 when the worker stopped on its own within the budget" in drill_help
+    start_help = " ".join(graceshell("start", "--help").stdout.split())
+    assert "-c is honcho's and foreman's concurrency here; in run, check and drill it is --config" in start_help
+
+
+def test_procfile_and_env_have_honchos_short_options(tmp_path):
+    (tmp_path / "Procfile.dev").write_text("worker: sleep 1\n")
+    (tmp_path / "dev.env").write_text("QUEUE=high\n")
+    proc = graceshell("check", "--json", "--platform", "none", "-f", "Procfile.dev", "-e", "dev.env", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = json.loads(proc.stdout)["processes"]
+    assert entry["process"] == "worker" and entry["env"]["value"] == ["QUEUE"]
