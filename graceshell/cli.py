@@ -120,7 +120,8 @@ CHECK_WARNING_EXIT = 1
 
 # Flags that are settings, with the key each one sets.
 SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
-                 "linger", "stop_signals", "parent_death_signal", "on_orphans", "log_format", "log_level")
+                 "linger", "stop_signals", "parent_death_signal", "on_orphans", "clean_exit", "log_format",
+                 "log_level")
 
 
 # -- value types: each one parses, and completes where there is a list to offer -----------------
@@ -246,6 +247,9 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                           "warm shutdown's signal"),
         click.option("--on-orphans", metavar="COMMAND",
                      help="run after a kill that orphaned jobs, with the report on stdin"),
+        click.option("--clean-exit", is_flag=True, default=None,
+                     help="exit 0 after a clean stop (the worker stopped at the first step, e.g. died of the TERM "
+                          "it was sent: 143), as tini -e does; for systemd and others that count 143 a failure"),
         click.option("--log-format", type=click.Choice(FORMATS), envvar=LOG_FORMAT_ENV,
                      help=f"auto (console on a TTY, JSON otherwise), json, logfmt, console; ${LOG_FORMAT_ENV}"),
         click.option("--log-level", type=click.Choice(tuple(LEVELS)), envvar=LOG_LEVEL_ENV,

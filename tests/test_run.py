@@ -413,3 +413,16 @@ def test_as_pid_1_it_reaps_zombies_and_takes_stop_signals(tmp_path, worker):
             proc.wait()
     report = json.loads(err.read_text().splitlines()[-1])
     assert report["outcome"] == "clean" and report["reaped_orphans"] == 5
+
+
+def test_clean_exit_makes_a_clean_stop_exit_0_and_keeps_the_workers_status(graceshell, tmp_path):
+    """tini -e: a worker that dies of the TERM it was sent is a clean stop, which
+    systemd would count a failure (143); a crash still exits with its own status."""
+    (tmp_path / "graceshell.yml").write_text("defaults:\n  clean_exit: true\n")
+    stopped = graceshell(*NONE, "--config", str(tmp_path / "graceshell.yml"), "--linger", "0s", "--", "sh", "-c",
+                         "kill -TERM $PPID; exec sleep 5")
+    assert stopped.wait() == 0
+    report = stopped.report()
+    assert (report["outcome"], report["exit_code"], report["worker_exit_code"]) == ("clean", 0, 143)
+    crashed = graceshell(*NONE, "--clean-exit", "--", "sh", "-c", "exit 3")
+    assert crashed.wait() == 3 and "worker_exit_code" not in crashed.report()

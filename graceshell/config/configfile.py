@@ -231,6 +231,11 @@ class _Checker:
             raise self.fail(path, "a NUL character (\\0) cannot be part of a command; remove it")
         return value
 
+    def boolean(self, value: Any, path: tuple[Any, ...]) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {_kind(value)}")
+        return value
+
     def choice(self, choices: tuple[str, ...] | list[str]) -> Callable[[Any, tuple[Any, ...]], str]:
         def check(value: Any, path: tuple[Any, ...]) -> str:
             if not isinstance(value, str) or value not in choices:
@@ -337,6 +342,7 @@ PROCESS_KEYS: dict[str, str] = {
     "preset": "preset", "remap": "remap", "ladder": "ladder", "second_signal": "second_signal",
     "linger": "duration", "budget": "duration", "on_orphans": "string", "stop_signals": "signal_list",
     "env": "env", "restart": "restart", "restart_limit": "count", "parent_death_signal": "signal",
+    "clean_exit": "boolean",
 }
 TOP_KEYS: dict[str, str] = {
     "platform": "platform", "platform_timeout": "duration", "budget": "duration",

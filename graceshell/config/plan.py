@@ -30,14 +30,15 @@ class RunPlan:
 
     __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
                  "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans", "cold_reserve",
-                 "cold_floor", "parent_death_signal")
+                 "cold_floor", "parent_death_signal", "clean_exit")
 
     def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
                  platform: Platform, platform_source: str, platform_timeout: float | None,
                  stop_signals: frozenset[int], remap: dict[int, int], second_signal: str = "escalate",
                  linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None, preset: str = "generic",
                  on_orphans: str | None = None, cold_reserve: float | None = None,
-                 cold_floor: float = DEFAULT_COLD_FLOOR, parent_death_signal: int | None = None) -> None:
+                 cold_floor: float = DEFAULT_COLD_FLOOR, parent_death_signal: int | None = None,
+                 clean_exit: bool = False) -> None:
         self.argv = argv
         self.name = name
         self.ladder = ladder
@@ -57,6 +58,9 @@ class RunPlan:
         # What graceshell's guard sends the worker if graceshell dies without
         # stopping it (kill -9, the OOM killer); by default the warm shutdown's signal.
         self.parent_death_signal = parent_death_signal if parent_death_signal is not None else self.warm_signal()
+        # A clean stop exits 0 (tini -e): for service managers that count the
+        # 143 of a worker that died of the forwarded TERM as a failure.
+        self.clean_exit = clean_exit
 
     @property
     def kill_at(self) -> float:
@@ -172,6 +176,7 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         cold_reserve=reserve,
         cold_floor=floor,
         parent_death_signal=death,
+        clean_exit=bool(value_of(settings, "clean_exit", False)),
     )
 
 
@@ -202,4 +207,6 @@ def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "js
     if plan.on_orphans:
         argv += ["--on-orphans", plan.on_orphans]
     argv += ["--parent-death-signal", signal_name(plan.parent_death_signal)]
+    if plan.clean_exit:
+        argv.append("--clean-exit")
     return [*argv, "--", *plan.argv]

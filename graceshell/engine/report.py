@@ -59,9 +59,11 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
                  orphaned_jobs: list[dict[str, Any]], orphaned_jobs_unread: int = 0) -> dict[str, Any]:
     code = exit_code_of(status)
     died_of = -os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None
+    outcome = outcome_of(status, stop_signal, first_signal, steps_fired, kill_fired, killed)
+    remapped = plan.clean_exit and outcome == "clean" and code != 0
     report: dict[str, Any] = {
-        "outcome": outcome_of(status, stop_signal, first_signal, steps_fired, kill_fired, killed),
-        "exit_code": code,
+        "outcome": outcome,
+        "exit_code": 0 if remapped else code,
         "signal": signal_name(died_of) if died_of else None,
         "stop_signal": signal_name(stop_signal) if stop_signal is not None else None,
         "pid": pid,
@@ -76,6 +78,8 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
         "orphaned_jobs": orphaned_jobs,
         "reaped_orphans": reaped_orphans,
     }
+    if remapped:  # --clean-exit: graceshell exits 0, and says what the worker's status was
+        report["worker_exit_code"] = code
     if orphaned_jobs_unread:  # more ledger files than graceshell reads at exit (ledger.MAX_ORPHANS_READ)
         report["orphaned_jobs_unread"] = orphaned_jobs_unread
     if survivors:
