@@ -24,7 +24,7 @@ from graceshell import __version__
 from graceshell.durations import parse_duration
 from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError, one_line
 from graceshell.logs import FORMATS, LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV
-from graceshell.config.platforms import PLATFORMS
+from graceshell.config.platforms import BROADCASTS, PLATFORMS
 from graceshell.config.presets import PRESETS
 from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import parse_signal
@@ -119,7 +119,7 @@ exit status: 0 when all is well; 2 on any error (usage, config, or an
 CHECK_WARNING_EXIT = 1
 
 # Flags that are settings, with the key each one sets.
-SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
+SETTING_FLAGS = ("preset", "platform", "broadcast", "platform_timeout", "budget", "ladder", "remap", "second_signal",
                  "linger", "stop_signals", "parent_death_signal", "on_orphans", "clean_exit", "log_format",
                  "log_level")
 
@@ -225,6 +225,10 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                      help=f"worker preset: {', '.join(PRESETS)} (default: generic)"),
         click.option("--platform", metavar="NAME", type=_PlatformName(),
                      help=f"{', '.join(PLATFORMS)} (default: detected)"),
+        click.option("--broadcast", type=click.Choice(BROADCASTS),
+                     help="who gets the platform's stop signal, when the deployment changed its default: all "
+                          "(every process, Heroku; systemd's KillMode=control-group), group (the process group), "
+                          "pid1 (the top process: Docker, Kubernetes; systemd's KillMode=mixed)"),
         click.option("--platform-timeout", metavar="DUR", type=DURATION,
                      help="how long the platform waits after its stop signal before its SIGKILL"),
         click.option("--budget", metavar="DUR", type=DURATION,
@@ -418,16 +422,13 @@ def _not_started(plan: RunPlan, code: int, error: str, log_format: str, log_leve
              options_metavar="[OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)")
 @_setting_options()
 @click.option("--name", metavar="NAME", help="process name, and the graceshell.yml section to use")
-@click.option("--broadcast", type=click.Choice(("all", "group", "pid1")),
-              help="who gets the stop signal (default: the platform's model)")
 @click.option("--after", metavar="DUR", type=DURATION, help="when to stop the worker (default: 5s after it started)")
 @click.option("--when-ready", metavar="FILE", help="stop the worker once FILE exists")
 @click.option("--no-wrap", is_flag=True, help="run the worker bare, without graceshell")
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
-def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadcast: str | None,
-          after: float | None, when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
+def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, after: float | None, when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
     import json
 
     from graceshell.commands.drill import Drill, render
@@ -435,7 +436,7 @@ def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadc
     if after is not None and when_ready:
         raise UsageError("--after and --when-ready: give one of them")
     plan, _settings = _plan_for(ctx, command, name)
-    exercise = Drill(plan, broadcast=broadcast, wrap=not no_wrap, after=after, when_ready=when_ready,
+    exercise = Drill(plan, broadcast=plan.platform.broadcast, wrap=not no_wrap, after=after, when_ready=when_ready,
                      config=ctx.params["config"], out=sys.stderr)
     result = exercise.run()
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if as_json else render(result))

@@ -435,3 +435,19 @@ def test_podman_is_detected_by_its_containerenv_file_and_gets_its_10s(tmp_path, 
     assert (platform.name, how, platform.timeout) == ("podman", "file /run/.containerenv", 10.0)
     (entry,) = check_json(tmp_path, "--platform", "podman", "--", "sleep", "1")["processes"]
     assert entry["platform_timeout_s"]["value"] == 10.0 and entry["budget_s"]["value"] == 8.0
+
+
+def test_the_user_says_which_stop_model_applies(tmp_path):
+    """systemd with KillMode=mixed signals graceshell alone: no warning that
+    every process gets the TERM once `broadcast: pid1` says so."""
+    systemd = clean_env(INVOCATION_ID="x", JOURNAL_STREAM="8:1")
+    (default,) = check_json(tmp_path, "--preset", "rq", "--", "sleep", "1", env=systemd)["processes"]
+    assert default["broadcast"] == {"value": "all", "from": "platform systemd"}
+    assert any("systemd sends its stop signal to every process" in w for w in default["warnings"])
+    assert any("then say so with broadcast: pid1" in w for w in default["warnings"])
+    write(tmp_path, "graceshell.yml", "broadcast: pid1\n")
+    (mixed,) = check_json(tmp_path, "--preset", "rq", "--", "sleep", "1", env=systemd)["processes"]
+    assert mixed["broadcast"]["value"] == "pid1" and mixed["broadcast"]["from"].startswith("graceshell.yml:1")
+    assert not any("every process" in w for w in mixed["warnings"])
+    (flag,) = check_json(tmp_path, "--broadcast", "all", "--", "sleep", "1", env=systemd)["processes"]
+    assert flag["broadcast"] == {"value": "all", "from": "--broadcast"}

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 # Platforms that broadcast by default but let the deployment choose graceshell
 # alone as the receiver, and how.
 _WHO_GETS_THE_SIGNAL = {
-    "systemd": "with the default KillMode=control-group; KillMode=mixed in the unit sends it to graceshell alone",
+    "systemd": "with the default KillMode=control-group; KillMode=mixed in the unit sends it to graceshell alone: "
+               "then say so with broadcast: pid1 (or --broadcast pid1)",
 }
 SHORT_GRACE = 10.0  # seconds: below this, say loudly that there is little room for a warm stop
 BUILT_IN = "built-in"
@@ -66,6 +67,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "command": argv,
         "preset": {"value": plan.preset, "from": _from(settings, "preset")},
         "platform": {"value": plan.platform.name, "from": platform_source},
+        "broadcast": {"value": plan.platform.broadcast,
+                      "from": _from(settings, "broadcast", f"platform {plan.platform.name}")},
         "platform_timeout_s": {"value": plan.platform_timeout, "from": str(timeout_origin)},
         "budget_s": {"value": plan.budget, "from": budget_from},
         "ladder": {"value": describe(plan.ladder), "from": _from(settings, "ladder")},
@@ -306,6 +309,7 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
         rows = [
             ("preset", entry["preset"]["value"], entry["preset"]["from"]),
             ("platform", entry["platform"]["value"], entry["platform"]["from"]),
+            ("stop goes to", entry["broadcast"]["value"], entry["broadcast"]["from"]),
             ("platform timeout", _seconds(entry["platform_timeout_s"]["value"]), entry["platform_timeout_s"]["from"]),
             ("budget", _seconds(entry["budget_s"]["value"]), entry["budget_s"]["from"]),
             ("ladder", " ".join(f"{s['signal']}@{format_duration(s['at'])}" for s in entry["ladder"]["value"]),

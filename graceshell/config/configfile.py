@@ -16,7 +16,7 @@ from graceshell.durations import parse_duration
 from graceshell.errors import MAX_SHOWN, UsageError, one_line, read_user_file, shown
 from graceshell.config.ladder import LadderError, StepSpec, parse_ladder_spec, resolve_offset
 from graceshell.logs import FORMATS, LEVELS
-from graceshell.config.platforms import PLATFORMS
+from graceshell.config.platforms import BROADCASTS, PLATFORMS
 from graceshell.config.plan import SECOND_SIGNAL_POLICIES
 from graceshell.config.settings import Origin, Setting
 from graceshell.signals import parse_signal
@@ -345,13 +345,14 @@ PROCESS_KEYS: dict[str, str] = {
     "clean_exit": "boolean",
 }
 TOP_KEYS: dict[str, str] = {
-    "platform": "platform", "platform_timeout": "duration", "budget": "duration",
+    "platform": "platform", "platform_timeout": "duration", "budget": "duration", "broadcast": "broadcast",
     "log_format": "log_format", "log_level": "log_level",
 }
 
 
 def _converter(checker: _Checker, kind: str) -> Callable[[Any, tuple[Any, ...]], Any]:
     special = {"second_signal": checker.choice(SECOND_SIGNAL_POLICIES), "log_format": checker.choice(FORMATS),
+               "broadcast": checker.choice(BROADCASTS),
                "log_level": checker.choice(list(LEVELS))}
     return special.get(kind) or getattr(checker, kind)
 

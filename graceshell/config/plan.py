@@ -13,7 +13,8 @@ import signal
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
 from graceshell.config.ladder import DEFAULT_COLD_FLOOR, LadderError, Step, build_ladder, cold_reserve
-from graceshell.config.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
+from graceshell.config.platforms import (BROADCASTS, PLATFORMS, Platform, default_budget, detect_platform,
+                                        platform_timeout)
 from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import DEFAULT_STOP_SIGNALS, FAULT_SIGNALS, UNCATCHABLE, signal_name
 
@@ -108,6 +109,11 @@ def resolve_platform(settings: Mapping[str, Setting], environ: Mapping[str, str]
         chosen, source = PLATFORMS[name], str(settings["platform"].origin)
     else:
         raise UsageError(f"{settings['platform'].origin}: unknown platform {name!r} (known: {', '.join(PLATFORMS)})")
+    broadcast = value_of(settings, "broadcast")
+    if broadcast is not None and broadcast != chosen.broadcast:  # the deployment's own stop model
+        if broadcast not in BROADCASTS:
+            raise UsageError(f"{settings['broadcast'].origin}: {broadcast!r} is not one of {', '.join(BROADCASTS)}")
+        chosen = chosen._replace(broadcast=broadcast)
     if "platform_timeout" in settings:
         return chosen, source, settings["platform_timeout"].value, settings["platform_timeout"].origin
     timeout = platform_timeout(chosen, environ)

@@ -14,6 +14,10 @@ from collections import namedtuple
 # How the platform delivers its stop signal.
 BROADCAST_ALL = "all"  # to every process of the dyno/cgroup, children included
 BROADCAST_PID1 = "pid1"  # to the container's main process only
+BROADCAST_GROUP = "group"  # to graceshell's process group (the worker runs in a session of its own)
+# What the `broadcast` setting may say, for a deployment whose stop model is
+# not its platform's default (systemd's KillMode=mixed signals the main process only).
+BROADCASTS = (BROADCAST_ALL, BROADCAST_GROUP, BROADCAST_PID1)
 
 
 _PLATFORM_FIELDS = ("name timeout stop_signal broadcast repeats_stop_signal detect_env detect_file "
