@@ -17,6 +17,13 @@ rq/worker/base.py:
   after the horse is down, instead of leaving it "started" to be failed
   later as abandoned. Its ledger entry stays, marked `requeued`, so the
   report still names it.
+- The worker's exit does not hang on its pubsub thread (`unsubscribe`).
+  RQ sends UNSUBSCRIBE, then stops redis-py's thread; a thread that has
+  already read the reply goes back to waiting up to rq's sleep_time (60 s)
+  for a subscription, and redis-py 8 joins it without a timeout. On a
+  loaded machine the warm stop of a finished job then ran into graceshell's
+  cold step. Here the thread is told to stop first, so the UNSUBSCRIBE
+  reply wakes it to exit (under graceshell and outside it).
 
 Each job is recorded in graceshell's job ledger while the horse runs it.
 Outside graceshell it behaves exactly like rq's Worker.
@@ -77,6 +84,19 @@ class Worker(_RQWorker):
         if job is not None:
             self._requeue(job)
         raise SystemExit()
+
+    def unsubscribe(self) -> None:
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        self.log.info('Worker %s: unsubscribing from channel %s', self.name, self.pubsub_channel_name)
+        try:
+            thread.stop(timeout=0)  # redis-py 8: clear the running flag, do not wait yet
+        except TypeError:
+            thread.stop()  # redis-py before 8: it only clears the flag
+        self.pubsub.unsubscribe()  # the reply wakes the thread, which sees the flag and ends
+        thread.join(timeout=1)
+        self.pubsub.close()
 
     def _requeue(self, job: Any) -> None:
         """Back at the front of its queue, out of the started registry."""
