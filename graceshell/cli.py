@@ -472,7 +472,7 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
     counts = parse_concurrency(concurrency, chosen)
     flags = flag_layer(ctx)
     requested = value_of(flags, "log_format", "auto")
-    child_format = resolve_format(requested, sys.stdout)  # every child's lines come out on start's stdout
+    child_format = resolve_format(requested, sys.stderr)  # every process's events come out on start's stderr
     first_port = port if port is not None else base_port(environ)
     instances = []
     for type_index, process_type in enumerate(chosen):
@@ -492,7 +492,8 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
     if not instances:
         raise UsageError("nothing to start: every process type has a concurrency of 0")
     log = make_logger(requested, value_of(flags, "log_level", "info"))
-    return Starter(instances, log, sys.stdout.buffer, colour=use_colour(sys.stdout)).run()
+    return Starter(instances, log, sys.stdout.buffer, colour=use_colour(sys.stdout), events=sys.stderr.buffer,
+                   event_format=child_format).run()
 
 
 @cli.command(cls=_CommandLine, context_settings=CONTEXT, help=CHECK_HELP,

@@ -49,8 +49,9 @@ def test_all_start_with_port_and_name_and_ctrl_c_stops_them(tmp_path):
     (summary,) = events(err, "graceshell.summary")
     assert [(p["process"], p["exit_code"]) for p in summary["processes"]] == [
         ("web.1", 130), ("worker.1", 130), ("worker.2", 130)]
-    reports = [json.loads(text) for _, text in lines_of(out) if '"graceshell.exit"' in text]
+    reports = events(err, "graceshell.exit")  # every graceshell event on stderr, the process a key
     assert sorted(r["process"] for r in reports) == ["web.1", "worker.1", "worker.2"]
+    assert all(line.startswith(b"{") for line in err.splitlines())  # JSON, each line of it
     assert all(r["outcome"] == "clean" for r in reports)
 
 
@@ -185,8 +186,8 @@ def test_processes_that_end_together_keep_their_true_codes_and_reports(tmp_path)
                                        'd: sh -c "exit 6"\ne: python3 -c "import sys; sys.exit(7)"\n')
     proc = start(tmp_path, "--log-format", "json")
     out, err = proc.communicate(timeout=60)
-    reports = {r["process"]: r for r in (json.loads(text) for _, text in lines_of(out) if '"graceshell.exit"' in text)}
-    assert sorted(reports) == ["a.1", "b.1", "c.1", "d.1", "e.1"], out.decode()
+    reports = {r["process"]: r for r in events(err, "graceshell.exit")}
+    assert sorted(reports) == ["a.1", "b.1", "c.1", "d.1", "e.1"], err.decode()
     (summary,) = events(err, "graceshell.summary")
     assert {p["process"]: p["exit_code"] for p in summary["processes"]} == {
         name: report["exit_code"] for name, report in reports.items()}
