@@ -194,3 +194,14 @@ def test_processes_that_end_together_keep_their_true_codes_and_reports(tmp_path)
     assert reports["a.1"]["exit_code"] == 127 and reports["c.1"]["exit_code"] == 143
     assert reports["b.1"]["exit_code"] in (5, 143) and reports["d.1"]["exit_code"] in (6, 143)
     assert proc.returncode == summary["exit_code"] == reports[summary["cause"]]["exit_code"]
+
+
+def test_in_logfmt_every_event_is_on_stderr_with_the_process_a_key(tmp_path):
+    (tmp_path / "Procfile").write_text('once: echo "said once" >&2\n')
+    proc = start(tmp_path, "--log-format", "logfmt")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [text for _, text in lines_of(out)] == ["said once"]  # the worker's own stderr stays output
+    lines = err.decode().splitlines()
+    assert lines and all(line.startswith("event=graceshell.") for line in lines), lines
+    assert any(line.startswith("event=graceshell.exit process=once.1 outcome=exited") for line in lines), lines
