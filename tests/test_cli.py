@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GRACESHELL, clean_env, run_cli
+from conftest import GRACESHELL, clean_env, run_cli, wait_for
 
 def graceshell(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_cli(*args, cwd=cwd, env=env)
@@ -196,14 +196,16 @@ print("ok")
 
 
 def _first_child(pid: int) -> int:
-    while True:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.001)
+    children = wait_for(lambda: Path(f"/proc/{pid}/task/{pid}/children").read_text().split(), 10, "PID 1")
+    return int(children[0])
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root for a PID namespace")
+def _pid_namespaces() -> bool:
+    return os.geteuid() == 0 and shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _pid_namespaces(), reason="PID namespaces are not available here (unshare needs root)")
 def test_a_stop_to_pid_1_once_python_has_started_is_acted_on():
     """As PID 1 a signal without a handler is discarded by the kernel. The bound
     that is left is Python's own start-up: the TERM goes out the moment the
