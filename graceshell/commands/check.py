@@ -95,30 +95,33 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
 
 # The stand-in command of a process that `check` knows no command for.
 PLACEHOLDER = "COMMAND"
+# Words a shell line may start with that are no program to look for on PATH.
+_SHELL_BUILTINS = frozenset({"exec", "cd", "export", "set", "test", "[", ".", "source", "eval", "true", "false",
+                             "echo", "printf", "trap", "ulimit", "umask", "wait", "read", "if", "for", "while"})
 
 
 def _not_on_path(argv: list[str], plan: RunPlan, environ: Mapping[str, str]) -> list[str]:
     """The program the command starts, when it is not where `run` would look for it."""
+    import re
     import shutil
 
     from graceshell.config.procfile import command_words
 
     if argv == [PLACEHOLDER]:
         return []
-    words = [word for word in command_words(argv) if "=" not in word.partition("/")[0]]  # FOO=1 cmd: cmd
+    words = command_words(argv)
+    while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):  # `FOO=1 worker`: the program is worker
+        words = words[1:]
     if not words or words[0] in _SHELL_BUILTINS:
         return []
     program = words[0]
     path = environ.get("PATH", (plan.env or {}).get("PATH", os.defpath))
     if shutil.which(program, path=path) is not None:
         return []
-    where = "does not exist or is not executable" if "/" in program else "is not on PATH"
-    return [f"{program} {where}: `graceshell run` would exit 127 (install it, activate its virtualenv, or "
-            "give its full path)"]
-
-
-_SHELL_BUILTINS = frozenset({"exec", "cd", "export", "set", "test", "[", ".", "source", "eval", "true", "false",
-                             "echo", "printf", "trap", "ulimit", "umask", "wait", "read", "if", "for", "while"})
+    if "/" in program:
+        return [f"{program} does not exist or is not executable: `graceshell run` would exit 127 or 126"]
+    return [f"{program} is not on PATH: `graceshell run` would exit 127 (install it, activate its virtualenv, "
+            "or give its full path)"]
 
 
 def _is_reserve(at: str | float) -> bool:
