@@ -428,7 +428,8 @@ def _not_started(plan: RunPlan, code: int, error: str, log_format: str, log_leve
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
-def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, after: float | None, when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
+def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, after: float | None,
+          when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
     import json
 
     from graceshell.commands.drill import Drill, render
