@@ -179,7 +179,32 @@ def startup(wrappers: Wrappers, receiver: str, trials: int) -> dict[str, object]
             kill_tree(proc.pid)
             proc.wait()
         results["graceshell: worker exec'd after (ms)"] = stats(delays)
+        # How long after its own start graceshell catches TERM (its SigCgt
+        # mask): before that, a TERM to graceshell as PID 1 would be lost. The
+        # same for a Python script whose first line catches it: the bound.
+        bound = HERE / "catch_term.py"
+        for label, argv in (("graceshell: TERM caught after (ms)", wrappers.argv("graceshell", ["sleep", "5"])),
+                            ("python3 catching TERM on its first line (ms)", [sys.executable, str(bound)])):
+            caught = []
+            for _ in range(trials):
+                launched = time.monotonic_ns()
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+                while not _catches_term(proc.pid):
+                    pass  # spinning, not sleeping: a sleep's granularity would be the measure
+                caught.append((time.monotonic_ns() - launched) / 1e6)
+                kill_tree(proc.pid)
+                proc.wait()
+            results[label] = stats(caught)
     return results
+
+
+def _catches_term(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 def imports(trials: int) -> dict[str, object]:

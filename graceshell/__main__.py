@@ -1,6 +1,6 @@
 """`python -m graceshell` is the same as the `graceshell` command."""
 
-from graceshell.cli import main
+from graceshell.early import main
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from graceshell import __version__
 from graceshell.durations import parse_duration
 from graceshell.errors import NOT_EXECUTABLE_EXIT, NOT_FOUND_EXIT, USAGE_EXIT, GraceshellError, UsageError, one_line
 from graceshell.logs import FORMATS, LEVELS, LOG_FORMAT_ENV, LOG_LEVEL_ENV
-from graceshell.config.platforms import PLATFORMS
+from graceshell.config.platforms import BROADCASTS, PLATFORMS
 from graceshell.config.presets import PRESETS
 from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import parse_signal
@@ -80,8 +80,9 @@ pid1: the top process, as Docker and Kubernetes do), and SIGKILLs what is
 left at the platform's timeout.
 
 \b
-exit status: 0 when the worker stopped within the platform timeout with no
-orphaned job; 1 when it did not; 2 usage or config error."""
+exit status: 0 when the worker stopped on its own within the budget (with
+--no-wrap: within the platform timeout), with no orphaned job; 1 when it did
+not; 2 usage or config error."""
 
 START_HELP = """\
 Run the Procfile's processes (all, or the PROCESS_TYPEs given), each under
@@ -104,14 +105,25 @@ internal error (every process is killed first)."""
 
 CHECK_HELP = """\
 Validate graceshell.yml, the Procfile and .env, and print the effective
-settings of each process (or of PROCESS_TYPE): platform and how it was
-detected, timeout, budget, ladder with absolute offsets, remap, preset, and
-where each value comes from. Exit 2 on any error."""
+settings of each process (or of PROCESS_TYPE, or of the command after `--`):
+platform and how it was detected, timeout, budget, ladder with absolute
+offsets, remap, preset, and where each value comes from.
+
+\b
+  graceshell check
+  graceshell check worker
+  graceshell check --strict --preset rq -- rq worker high default
+
+\b
+exit status: 0 when all is well; 2 on any error (usage, config, or an
+`error:` line); 1 on a warning with --strict."""
+
+CHECK_WARNING_EXIT = 1
 
 # Flags that are settings, with the key each one sets.
-SETTING_FLAGS = ("preset", "platform", "platform_timeout", "budget", "ladder", "remap", "second_signal",
-                 "linger", "stop_signals", "parent_death_signal", "on_orphans", "log_format", "log_level", "http",
-                 "interruption_notices", "metadata_url")
+SETTING_FLAGS = ("preset", "platform", "broadcast", "platform_timeout", "budget", "ladder", "remap", "second_signal",
+                 "linger", "stop_signals", "parent_death_signal", "on_orphans", "clean_exit", "log_format",
+                 "log_level", "http", "interruption_notices", "metadata_url")
 
 
 # -- value types: each one parses, and completes where there is a list to offer -----------------
@@ -227,15 +239,19 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
     options = [
         click.option(*config_names, "config", metavar="FILE", type=click.Path(dir_okay=False),
                      help="YAML config (default: $GRACESHELL_CONFIG, else ./graceshell.yml)"),
-        click.option("--procfile", metavar="FILE", type=click.Path(dir_okay=False),
+        click.option("-f", "--procfile", metavar="FILE", type=click.Path(dir_okay=False),
                      help="Procfile to read process types from (default: ./Procfile)"),
-        click.option("--env", "env_files", metavar="FILE", multiple=True, type=click.Path(dir_okay=False),
+        click.option("-e", "--env", "env_files", metavar="FILE", multiple=True, type=click.Path(dir_okay=False),
                      help="env file for the worker, repeatable (default: ./.env when present); the real "
                           "environment wins"),
         click.option("--preset", metavar="NAME", type=_PresetName(),
                      help=f"worker preset: {', '.join(PRESETS)} (default: generic)"),
         click.option("--platform", metavar="NAME", type=_PlatformName(),
                      help=f"{', '.join(PLATFORMS)} (default: detected)"),
+        click.option("--broadcast", type=click.Choice(BROADCASTS),
+                     help="who gets the platform's stop signal, when the deployment changed its default: all "
+                          "(every process, Heroku; systemd's KillMode=control-group), group (the process group), "
+                          "pid1 (the top process: Docker, Kubernetes; systemd's KillMode=mixed)"),
         click.option("--platform-timeout", metavar="DUR", type=DURATION,
                      help="how long the platform waits after its stop signal before its SIGKILL"),
         click.option("--budget", metavar="DUR", type=DURATION,
@@ -258,6 +274,9 @@ def _setting_options(short_config: bool = True) -> Callable[[Any], Any]:
                           "warm shutdown's signal"),
         click.option("--on-orphans", metavar="COMMAND",
                      help="run after a kill that orphaned jobs, with the report on stdin"),
+        click.option("--clean-exit", is_flag=True, default=None,
+                     help="exit 0 after a clean stop (the worker stopped at the first step, e.g. died of the TERM "
+                          "it was sent: 143), as tini -e does; for systemd and others that count 143 a failure"),
         click.option("--http", metavar="HOST:PORT", type=ADDRESS, envvar="GRACESHELL_HTTP",
                      help="serve /livez /readyz /busy /metrics there (host default 127.0.0.1; off by default); "
                           "under start, each process gets PORT +100 per type, +1 per instance; $GRACESHELL_HTTP"),
@@ -318,8 +337,10 @@ class _CommandLine(click.Command):
 
 @click.group(context_settings=CONTEXT, help="graceshell: graceful shutdown for background-job workers.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
-def cli() -> None:
-    pass
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    if ctx.invoked_subcommand not in ("run", "start"):  # they take the recorded stop signals over
+        _release_recorded()
 
 
 def _sources(config: str | None, procfile: str | None, env_files: tuple[str, ...]) -> Sources:
@@ -385,8 +406,8 @@ def _plan_for(ctx: click.Context, words: tuple[str, ...], name: str | None) -> t
              options_metavar="[OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)")
 @_setting_options()
 @click.option("--name", metavar="NAME",
-              help="process name in logs, and the graceshell.yml section to use (default: $DYNO or the "
-                   "command's name)")
+              help="process name in logs, and the graceshell.yml section to use (default: $GRACESHELL_PROCESS, "
+                   "else $DYNO, else the command's name)")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
 def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any) -> int:
@@ -398,10 +419,34 @@ def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any
     try:
         return supervise(plan, log_format, log_level)
     except FileNotFoundError:
-        raise GraceshellError(f"{plan.argv[0]}: command not found", NOT_FOUND_EXIT) from None
+        return _not_started(plan, NOT_FOUND_EXIT, f"{plan.argv[0]}: command not found", log_format, log_level)
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
-        raise GraceshellError(f"{plan.argv[0]}: cannot execute: {reason}", NOT_EXECUTABLE_EXIT) from None
+        return _not_started(plan, NOT_EXECUTABLE_EXIT, f"{plan.argv[0]}: cannot execute: {reason}", log_format,
+                            log_level)
+    finally:
+        _ignore_late_stops(plan)
+
+
+def _ignore_late_stops(plan: RunPlan) -> None:
+    """The report is written and its exit status chosen: a stop that comes now
+    (`start` stopping every process as this one ends) must not change it.
+    Python resets the handlers it installed to the default at exit, and a
+    default TERM would make this run's status 143 after a report of 6."""
+    import signal
+
+    for signum in plan.stop_signals:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _not_started(plan: RunPlan, code: int, error: str, log_format: str, log_level: str) -> int:
+    """A command that could not be executed ends with its report too, in the log's format."""
+    from graceshell.engine.report import not_started_report
+    from graceshell.logs import make_logger
+
+    make_logger(log_format, log_level, process=plan.name).error("graceshell.exit",
+                                                                **not_started_report(plan, code, error))
+    return code
 
 
 @cli.command(cls=_CommandLine, context_settings=COMMAND_CONTEXT, help=DRILL_HELP,
@@ -409,16 +454,14 @@ def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any
              options_metavar="[OPTIONS] (-- COMMAND [ARG]... | PROCESS_TYPE)")
 @_setting_options()
 @click.option("--name", metavar="NAME", help="process name, and the graceshell.yml section to use")
-@click.option("--broadcast", type=click.Choice(("all", "group", "pid1")),
-              help="who gets the stop signal (default: the platform's model)")
 @click.option("--after", metavar="DUR", type=DURATION, help="when to stop the worker (default: 5s after it started)")
 @click.option("--when-ready", metavar="FILE", help="stop the worker once FILE exists")
 @click.option("--no-wrap", is_flag=True, help="run the worker bare, without graceshell")
 @click.option("--json", "as_json", is_flag=True, help="print the verdict as JSON")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
-def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadcast: str | None,
-          after: float | None, when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
+def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, after: float | None,
+          when_ready: str | None, no_wrap: bool, as_json: bool, **_: Any) -> int:
     import json
 
     from graceshell.commands.drill import Drill, render
@@ -426,7 +469,7 @@ def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadc
     if after is not None and when_ready:
         raise UsageError("--after and --when-ready: give one of them")
     plan, _settings = _plan_for(ctx, command, name)
-    exercise = Drill(plan, broadcast=broadcast, wrap=not no_wrap, after=after, when_ready=when_ready,
+    exercise = Drill(plan, broadcast=plan.platform.broadcast, wrap=not no_wrap, after=after, when_ready=when_ready,
                      config=ctx.params["config"], out=sys.stderr)
     result = exercise.run()
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if as_json else render(result))
@@ -436,7 +479,9 @@ def drill(ctx: click.Context, command: tuple[str, ...], name: str | None, broadc
 @cli.command(context_settings=CONTEXT, help=START_HELP, short_help="run every Procfile process, each under graceshell",
              options_metavar="[OPTIONS] [PROCESS_TYPE]...")
 @_setting_options(short_config=False)
-@click.option("-c", "--concurrency", metavar="TYPE=N,...", help="instances per type, e.g. worker=2,web=1")
+@click.option("-c", "--concurrency", metavar="TYPE=N,...",
+              help="instances per type, e.g. worker=2,web=1 (-c is honcho's and foreman's concurrency here; in run, "
+                   "check and drill it is --config, which start spells out)")
 @click.option("-p", "--port", metavar="PORT", type=click.IntRange(1, 65535),
               help="base port: +100 per process type, +1 per instance (default: $PORT, else 5000)")
 @click.argument("process_types", nargs=-1, metavar="", shell_complete=_complete_process_type)
@@ -460,7 +505,7 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
     counts = parse_concurrency(concurrency, chosen)
     flags = flag_layer(ctx)
     requested = value_of(flags, "log_format", "auto")
-    child_format = resolve_format(requested, sys.stdout)  # every child's lines come out on start's stdout
+    child_format = resolve_format(requested, sys.stderr)  # every process's events come out on start's stderr
     first_port = port if port is not None else base_port(environ)
     instances = []
     for type_index, process_type in enumerate(chosen):
@@ -487,7 +532,8 @@ def start(ctx: click.Context, process_types: tuple[str, ...], concurrency: str |
     if not instances:
         raise UsageError("nothing to start: every process type has a concurrency of 0")
     log = make_logger(requested, value_of(flags, "log_level", "info"))
-    return Starter(instances, log, sys.stdout.buffer, colour=use_colour(sys.stdout)).run()
+    return Starter(instances, log, sys.stdout.buffer, colour=use_colour(sys.stdout), events=sys.stderr.buffer,
+                   event_format=child_format).run()
 
 
 def _instance_address(base: Setting, offset: int) -> Setting:
@@ -500,26 +546,52 @@ def _instance_address(base: Setting, offset: int) -> Setting:
         raise UsageError(f"{base.origin}: {exc}") from None
 
 
-@cli.command(context_settings=CONTEXT, help=CHECK_HELP,
+@cli.command(cls=_CommandLine, context_settings=CONTEXT, help=CHECK_HELP,
              short_help="validate config and Procfile, print effective settings",
-             options_metavar="[OPTIONS] [PROCESS_TYPE]")
+             options_metavar="[OPTIONS] [PROCESS_TYPE] [-- COMMAND [ARG]...]")
 @_setting_options()
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
-@click.argument("process_type", required=False, metavar="", shell_complete=_complete_process_type)
+@click.option("--strict", is_flag=True, help="exit 1 on a warning too (for CI)")
+@click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="", shell_complete=_complete_process_type)
 @click.pass_context
-def check(ctx: click.Context, process_type: str | None, as_json: bool, **_: Any) -> int:
+def check(ctx: click.Context, words: tuple[str, ...], as_json: bool, strict: bool, **_: Any) -> int:
     import json
 
     from graceshell.commands.check import check as check_sources, render_text
 
+    process_type, command = _type_and_command(ctx, words)
     params = ctx.params
     sources = _sources(params["config"], params["procfile"], params["env_files"])
-    entries, notes = check_sources(sources, process_type, flag_layer(ctx), os.environ)
+    entries, notes = check_sources(sources, process_type, flag_layer(ctx), os.environ, command)
     if as_json:
         sys.stdout.write(json.dumps({"processes": entries, "notes": notes}, indent=2) + "\n")
     else:
         sys.stdout.write(render_text(entries, notes))
+    errors = sum(len(entry["errors"]) for entry in entries)
+    warnings = sum(len(entry["warnings"]) for entry in entries)
+    if errors:
+        sys.stdout.flush()
+        sys.stderr.write(f"graceshell: check: {errors} error{'s' * (errors != 1)}\n")
+        return USAGE_EXIT
+    if strict and warnings:
+        sys.stdout.flush()
+        sys.stderr.write(f"graceshell: check: {warnings} warning{'s' * (warnings != 1)} (--strict)\n")
+        return CHECK_WARNING_EXIT
     return 0
+
+
+def _type_and_command(ctx: click.Context, words: tuple[str, ...]) -> tuple[str | None, list[str] | None]:
+    """`check [PROCESS_TYPE] [-- COMMAND...]`: what came after `--` is a
+    command (click drops the `--`, so it is found in the raw arguments)."""
+    raw = ctx.meta.get("graceshell.raw_args", [])
+    after = len(raw) - raw.index("--") - 1 if "--" in raw else 0
+    before, command = list(words[:len(words) - after]), list(words[len(words) - after:])
+    if len(before) > 1:
+        raise click.UsageError(f"check takes one PROCESS_TYPE, got {' '.join(before)} (a command goes after `--`)",
+                               ctx=ctx)
+    if "--" in raw and not command:
+        raise click.UsageError("no command after `--`", ctx=ctx)
+    return (before[0] if before else None), (command or None)
 
 
 # -- the entry point --------------------------------------------------------------------------
@@ -540,6 +612,20 @@ def _usage_line(exc: click.UsageError) -> str:
     return f"{message} (see '{command} --help')"
 
 
+def _release_recorded() -> None:
+    """Stop signals the entry point recorded (graceshell.early) act now, as they would have."""
+    early = sys.modules.get("graceshell.early")
+    if early is not None:
+        early.release()
+
+
+def _dispatch(args: list[str]) -> Any:
+    try:
+        return cli.main(args, prog_name=PROG, standalone_mode=False)
+    finally:  # --help, --version, a usage error: a stop recorded meanwhile acts now
+        _release_recorded()
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the console script and of `python -m graceshell`."""
     # Before structlog loads (after the spawn): it imports asyncio for async
@@ -548,7 +634,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     defer("asyncio")
     args = sys.argv[1:] if argv is None else argv
     try:
-        code = cli.main(args, prog_name=PROG, standalone_mode=False)
+        code = _dispatch(args)
     except GraceshellError as exc:
         _fail(str(exc), exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:  # `graceshell` alone: the help, as a usage error

@@ -43,7 +43,14 @@ def parse_duration(text: str | int | float) -> float:
 def _bounded(seconds: float, text: object) -> float:
     if not seconds <= MAX_DURATION:  # also infinity
         raise ValueError(f"duration {shown(text)} is longer than a week (at most 168h)")
-    return seconds
+    return to_ms(seconds)
+
+
+def to_ms(seconds: float) -> float:
+    """Seconds rounded to the millisecond: every duration graceshell computes
+    or prints, so that 6s - 20% is 4.8, not 4.800000000000001, in the JSON
+    that machines read. No timer of graceshell's is finer than that."""
+    return round(seconds, 3)
 
 
 def format_duration(seconds: float) -> str:

@@ -28,8 +28,16 @@ def forwardable_signals() -> frozenset[int]:
 
 def wakeup_pipe() -> int:
     """A non-blocking pipe into which every caught signal writes its number
-    (signal.set_wakeup_fd); returns the end to select on and read_signals."""
+    (signal.set_wakeup_fd); returns the end to select on and read_signals.
+    The entry point's pipe when it is recording (graceshell.early): the
+    stop signals that came during start-up are waiting in it."""
     import os
+    import sys
+
+    early = sys.modules.get("graceshell.early")  # imported by the entry point only
+    recorded = early.take_over() if early is not None else None
+    if recorded is not None:
+        return recorded
 
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)

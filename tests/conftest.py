@@ -53,10 +53,11 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           capture_output=True, text=True, timeout=timeout)
 
 
-def check_json(cwd: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """`graceshell check --json ARGS...` in `cwd`, which must succeed."""
+def check_json(cwd: Path, *args: str, env: dict[str, str] | None = None, status: int = 0) -> dict[str, Any]:
+    """`graceshell check --json ARGS...` in `cwd`, which must exit with `status`
+    (2 when it finds an error)."""
     proc = run_cli("check", "--json", *args, cwd=cwd, env=env)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == status, proc.stderr
     return json.loads(proc.stdout)
 
 

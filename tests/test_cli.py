@@ -4,6 +4,8 @@ import json
 import os
 import pty
 import select
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GRACESHELL, clean_env, run_cli
+from conftest import GRACESHELL, clean_env, run_cli, wait_for
 
 def graceshell(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_cli(*args, cwd=cwd, env=env)
@@ -26,7 +28,7 @@ def graceshell(*args: str, cwd: Path | None = None, env: dict | None = None) -> 
     (["check", "--log-format", "xml"], "'xml' is not one of"),
     (["drill", "--broadcast", "everyone", "--", "true"], "'everyone' is not one of"),
     (["start", "--port", "eighty"], "'eighty' is not a valid integer"),
-    (["check", "--json", "a", "b"], "unexpected extra argument (b)"),
+    (["check", "--json", "a", "b"], "check takes one PROCESS_TYPE, got a b (a command goes after `--`)"),
     (["run", "--remap", "TERM", "--", "true"], "FROM:TO"),
 ])
 def test_usage_errors_exit_2_in_one_line_naming_the_flag(tmp_path, args, needle):
@@ -191,3 +193,83 @@ print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert proc.stdout == "ok\n", proc.stderr
+
+
+def _first_child(pid: int) -> int:
+    children = wait_for(lambda: Path(f"/proc/{pid}/task/{pid}/children").read_text().split(), 10, "PID 1")
+    return int(children[0])
+
+
+def _pid_namespaces() -> bool:
+    return os.geteuid() == 0 and shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _pid_namespaces(), reason="PID namespaces are not available here (unshare needs root)")
+def test_a_stop_to_pid_1_once_python_has_started_is_acted_on():
+    """As PID 1 a signal without a handler is discarded by the kernel. The bound
+    that is left is Python's own start-up: the TERM goes out the moment the
+    first of graceshell's own modules has loaded (importtime prints a line as
+    each import ends), while the command line is still to be imported."""
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-X", "importtime", "-m",
+                             "graceshell", "run", "--platform", "none", "--log-format", "json", "--", "sleep", "30"],
+                            stderr=subprocess.PIPE, text=True, env=clean_env())
+    pid1 = _first_child(proc.pid)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("import time:") and line.rsplit("|", 1)[-1].strip().startswith("graceshell."):
+            os.kill(pid1, signal.SIGTERM)
+            break
+    try:
+        rest = proc.communicate(timeout=10)[1]
+    except subprocess.TimeoutExpired:
+        os.kill(pid1, signal.SIGKILL)
+        proc.wait()
+        pytest.fail("the TERM to PID 1 was lost")
+    report = json.loads([line for line in rest.splitlines() if line.startswith("{")][-1])
+    assert report["event"] == "graceshell.exit" and report["stop_signal"] == "TERM", rest
+    assert report["outcome"] == "clean" and proc.returncode == 128 + signal.SIGTERM
+
+
+def test_a_stop_recorded_at_start_up_acts_as_it_would_have_for_other_commands():
+    """graceshell.early catches the stop signals on import; a command that does
+    not take them over gets them back, and a TERM then ends it as a TERM."""
+    code = ("import os, signal, graceshell.early as early; os.kill(os.getpid(), signal.SIGTERM); "
+            "print('recorded', flush=True); early.release(); print('not reached')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert proc.stdout == "recorded\n" and proc.returncode == -signal.SIGTERM
+
+
+def test_check_ends_at_a_stop_that_came_during_its_start_up(tmp_path):
+    proc = subprocess.Popen([*GRACESHELL, "check", "--platform", "none", "--", "sleep", "1"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    while not _catches(proc.pid, signal.SIGTERM):  # graceshell.early's handler: the command line is loading
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGTERM and out == b""
+
+
+def _catches(pid: int, signum: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
+def test_help_says_what_the_commands_do(tmp_path):
+    run_help = " ".join(graceshell("run", "--help").stdout.split())
+    assert "(default: $GRACESHELL_PROCESS, else $DYNO, else the command's name)" in run_help
+    drill_help = " ".join(graceshell("drill", "--help").stdout.split())
+    assert "0 when the worker stopped on its own within the budget" in drill_help
+    start_help = " ".join(graceshell("start", "--help").stdout.split())
+    assert "-c is honcho's and foreman's concurrency here; in run, check and drill it is --config" in start_help
+
+
+def test_procfile_and_env_have_honchos_short_options(tmp_path):
+    (tmp_path / "Procfile.dev").write_text("worker: sleep 1\n")
+    (tmp_path / "dev.env").write_text("QUEUE=high\n")
+    proc = graceshell("check", "--json", "--platform", "none", "-f", "Procfile.dev", "-e", "dev.env", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (entry,) = json.loads(proc.stdout)["processes"]
+    assert entry["process"] == "worker" and entry["env"]["value"] == ["QUEUE"]

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import GRACESHELL, check_json, clean_env, run_cli
 from graceshell.config.procfile import command_argv, parse_dotenv, parse_procfile
+from graceshell.durations import parse_duration
 
 WORKER = str(Path(__file__).with_name("worker.py"))
 
@@ -207,12 +208,12 @@ def test_an_8s_compose_stop_grace_period_fits_a_3s_job(tmp_path):
 
 def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(tmp_path):
     proc = graceshell(tmp_path, "check", "--platform", "fly", "--preset", "resque")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 2 and proc.stderr == "graceshell: check: 1 error\n"
     assert "  warm phase       0s" in proc.stdout
     assert ("error: TERM@budget-6s falls on 0s: a budget of 4s (fly, timeout 5s) leaves no warm phase"
             in proc.stdout)
     assert "raise kill_timeout in fly.toml to at least 15s" in proc.stdout
-    railway = check_json(tmp_path, "--platform", "railway", "--preset", "celery")["processes"][0]
+    railway = check_json(tmp_path, "--platform", "railway", "--preset", "celery", status=2)["processes"][0]
     (error,) = railway["errors"]
     assert error.endswith("raise the service variable RAILWAY_DEPLOYMENT_DRAINING_SECONDS to at least 8s")
     fixed = graceshell(tmp_path, "check", "--platform", "cloudrun", "--budget", "1s", "--preset", "resque")
@@ -224,9 +225,9 @@ def test_a_cold_step_pushed_onto_zero_is_an_error_naming_the_platforms_setting(t
 def test_a_budget_relative_first_step_that_fits_is_no_error(tmp_path):
     entry = check_json(tmp_path, "--platform", "docker", "--ladder", "QUIT@budget-5s")["processes"][0]
     assert entry["errors"] == [] and entry["warm_phase_s"]["value"] == 3.0
-    fly = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget-5s")["processes"][0]
+    fly = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget-5s", status=2)["processes"][0]
     assert fly["errors"][0].startswith("QUIT@budget-5s falls on 0s")
-    spaced = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget - 5s")["processes"][0]
+    spaced = check_json(tmp_path, "--platform", "fly", "--ladder", "QUIT@budget - 5s", status=2)["processes"][0]
     assert spaced["errors"][0].startswith("QUIT@budget - 5s falls on 0s")  # spelled as the ladder parser allows
     assert spaced["errors"][0].endswith(fly["errors"][0].rsplit(";", 1)[1])  # the same advice
 
@@ -374,3 +375,79 @@ def test_parsers_name_a_container_subclass_in_a_value_error(value):
     for parse in (parse_duration, parse_signal):
         with pytest.raises(ValueError):
             parse(value)
+
+
+# -- check as a CI gate ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, env", [
+    (["--platform", "docker", "--budget", "4s", "--ladder", "TERM@0s,QUIT@budget-5s"], {}),
+    (["--preset", "celery"], {"RAILWAY_REPLICA_ID": "r"}),
+])
+def test_every_error_line_of_check_exits_2(tmp_path, args, env):
+    proc = graceshell(tmp_path, "check", *args, "--", "sleep", "1", env=clean_env(**env))
+    assert "  error: " in proc.stdout
+    assert proc.returncode == 2 and proc.stderr == "graceshell: check: 1 error\n"
+
+
+def test_check_strict_fails_on_a_warning_and_names_a_command_not_on_path(tmp_path):
+    write(tmp_path, "Procfile", "worker: no-such-worker-cmd --queue a\n")
+    lenient = graceshell(tmp_path, "check", "--platform", "none")
+    assert lenient.returncode == 0, lenient.stderr
+    assert "warning: no-such-worker-cmd is not on PATH: `graceshell run` would exit 127" in lenient.stdout
+    strict = graceshell(tmp_path, "check", "--platform", "none", "--strict")
+    assert strict.returncode == 1 and strict.stderr == "graceshell: check: 1 warning (--strict)\n"
+    assert graceshell(tmp_path, "check", "--platform", "none", "--strict", "--", "sleep", "1").returncode == 0
+
+
+def test_check_takes_a_command_after_double_dash_as_run_does(tmp_path):
+    write(tmp_path, "graceshell.yml", "processes:\n  worker:\n    budget: 7s\n")
+    (entry,) = check_json(tmp_path, "--platform", "docker", "--preset", "rq", "--", "rq", "worker", "high",
+                          "--burst")["processes"]
+    assert entry["command"] == ["rq", "worker", "high", "--burst"] and entry["source"] == "command line"
+    assert entry["preset"]["value"] == "rq" and entry["budget_s"]["value"] == 8.0
+    # A process type before `--` names the graceshell.yml section, as `run --name` does.
+    (named,) = check_json(tmp_path, "--platform", "docker", "worker", "--", "sleep", "1")["processes"]
+    assert named["process"] == "worker" and named["budget_s"]["value"] == 7.0
+
+
+def test_durations_are_rounded_to_the_millisecond_in_what_machines_read(tmp_path):
+    """6s - 20% is 4.8, not 4.800000000000001: in check, in the events, in drill."""
+    (entry,) = check_json(tmp_path, "--platform", "docker", "--platform-timeout", "6s", "--preset", "celery",
+                          "--", "sleep", "1")["processes"]
+    assert entry["budget_s"]["value"] == 4.8 and entry["cold_reserve_s"]["value"] == 2.4
+    assert [step["at"] for step in entry["ladder"]["value"]] == [0.0, 2.4, 4.8]
+    run = graceshell(tmp_path, "run", "--platform", "docker", "--platform-timeout", "6s", "--log-format", "json",
+                     "--", "true")
+    events = [json.loads(line) for line in run.stderr.splitlines()]
+    assert events[0]["budget_s"] == events[-1]["budget_s"] == 4.8
+    drill = graceshell(tmp_path, "drill", "--json", "--platform", "docker", "--platform-timeout", "6s",
+                       "--after", "0.2s", "--", "sleep", "5", timeout=30)
+    assert "00000000" not in drill.stdout and "99999999" not in drill.stdout
+    assert "00000000" not in run.stderr + json.dumps(entry)
+    assert parse_duration("0.1h") == 360.0 and parse_duration("1.0004s") == 1.0
+
+
+def test_podman_is_detected_by_its_containerenv_file_and_gets_its_10s(tmp_path, monkeypatch):
+    from graceshell.config import platforms
+
+    monkeypatch.setattr(platforms.os.path, "exists", lambda path: path == "/run/.containerenv")
+    platform, how = platforms.detect_platform({})
+    assert (platform.name, how, platform.timeout) == ("podman", "file /run/.containerenv", 10.0)
+    (entry,) = check_json(tmp_path, "--platform", "podman", "--", "sleep", "1")["processes"]
+    assert entry["platform_timeout_s"]["value"] == 10.0 and entry["budget_s"]["value"] == 8.0
+
+
+def test_the_user_says_which_stop_model_applies(tmp_path):
+    """systemd with KillMode=mixed signals graceshell alone: no warning that
+    every process gets the TERM once `broadcast: pid1` says so."""
+    systemd = clean_env(INVOCATION_ID="x", JOURNAL_STREAM="8:1")
+    (default,) = check_json(tmp_path, "--preset", "rq", "--", "sleep", "1", env=systemd)["processes"]
+    assert default["broadcast"] == {"value": "all", "from": "platform systemd"}
+    assert any("systemd sends its stop signal to every process" in w for w in default["warnings"])
+    assert any("then say so with broadcast: pid1" in w for w in default["warnings"])
+    write(tmp_path, "graceshell.yml", "broadcast: pid1\n")
+    (mixed,) = check_json(tmp_path, "--preset", "rq", "--", "sleep", "1", env=systemd)["processes"]
+    assert mixed["broadcast"]["value"] == "pid1" and mixed["broadcast"]["from"].startswith("graceshell.yml:1")
+    assert not any("every process" in w for w in mixed["warnings"])
+    (flag,) = check_json(tmp_path, "--broadcast", "all", "--", "sleep", "1", env=systemd)["processes"]
+    assert flag["broadcast"] == {"value": "all", "from": "--broadcast"}

@@ -93,6 +93,18 @@ def test_the_timeline_on_a_terminal_is_drawn_with_blocks():
     assert plain.endswith("  used 1.0s of the 10s grace period (10%)\n")
 
 
+def test_the_timeline_honours_no_color(monkeypatch):
+    from graceshell.commands.drill import render
+
+    result = {"survived": True, "verdict": "stopped", "platform": "docker", "stop_signal": "TERM",
+              "broadcast": "pid1", "platform_timeout_s": 10.0, "wrapped": True, "exit_code": 0,
+              "platform_killed": [], "orphaned_jobs": [], "stopped_after_s": 1.0,
+              "timeline": [{"t": 1.0, "what": "the worker exited (exit 0)", "kind": "exit", "fired": True}]}
+    monkeypatch.setenv("NO_COLOR", "1")
+    shown = render(result, tty=True)
+    assert "\x1b" not in shown and "\u2588" in shown  # the blocks stay: they are no colour
+
+
 def test_text_verdict(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "graceshell", "drill", "--platform", "kubernetes", "--after", "0.3s",
                            "--", "sleep", "30"], cwd=tmp_path, env=clean_env(), capture_output=True, text=True,

@@ -100,3 +100,25 @@ def test_rq_jobs_are_recorded_in_the_work_horse(graceshell, tmp_path, redis_url)
     assert (job["id"], job["name"], job["queue"]) == (long.id, "rq_jobs.sleep", "gs-test")
     assert job["pid"] != report["pid"]  # written in the work horse
     connection.close()
+
+
+def test_an_rq_worker_leaving_does_not_wait_on_its_pubsub_thread(redis_url):
+    """rq sends UNSUBSCRIBE, then stops redis-py's pubsub thread, whose stop()
+    joins it. On a loaded machine the thread can read the reply first and go
+    back to waiting up to 60 s (rq's sleep_time) for a subscription: the
+    worker hung after its last job, until graceshell's cold step. That state,
+    made on purpose here, must not hold the worker's exit."""
+    import threading
+
+    from redis import Redis
+
+    from graceshell.integrations.rq import Worker
+
+    worker = Worker(["gs-unsubscribe"], connection=Redis.from_url(redis_url))
+    worker.subscribe()
+    wait_for(lambda: worker.pubsub.subscribed, 10, "the pubsub thread subscribed")
+    worker.pubsub.unsubscribe()  # the reply, read by the thread before anyone stopped it
+    wait_for(lambda: not worker.pubsub.subscribed, 10, "the thread to read the unsubscribe reply")
+    left = threading.Event()
+    threading.Thread(target=lambda: (worker.unsubscribe(), left.set()), daemon=True).start()
+    assert left.wait(10), "the worker's unsubscribe waited on its pubsub thread"

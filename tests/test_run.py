@@ -1,5 +1,6 @@
 """`graceshell run` with real processes and real signals."""
 
+import json
 import os
 import signal
 import stat
@@ -29,10 +30,19 @@ def test_exit_status_is_the_workers(graceshell, command, code):
     assert report["outcome"] == ("exited" if code == 0 else "crashed")
 
 
-def test_command_not_found_is_127_in_one_line(graceshell):
-    run = graceshell(*NONE, "--", "no-such-command-here")
+@pytest.mark.parametrize("log_format", ["json", "logfmt"])
+def test_command_not_found_is_127_with_its_report_in_the_log_format(graceshell, log_format):
+    run = graceshell(*NONE, "--log-format", log_format, "--", "no-such-command-here")
     assert run.wait() == 127
-    assert run.stderr() == "graceshell: error: no-such-command-here: command not found\n"
+    (line,) = run.stderr().splitlines()
+    if log_format == "json":
+        report = json.loads(line)
+        assert report["event"] == "graceshell.exit" and report["outcome"] == "not_started"
+        assert report["exit_code"] == 127 and report["error"] == "no-such-command-here: command not found"
+        assert report["pid"] is None and report["process"] == "no-such-command-here"
+    else:
+        assert line.startswith("event=graceshell.exit process=no-such-command-here outcome=not_started "
+                               "exit_code=127 error=\"no-such-command-here: command not found\"")
 
 
 def test_not_executable_is_126(graceshell, tmp_path):
@@ -41,8 +51,9 @@ def test_not_executable_is_126(graceshell, tmp_path):
     script.chmod(stat.S_IRUSR | stat.S_IWUSR)
     run = graceshell(*NONE, "--", str(script))
     assert run.wait() == 126
-    lines = run.stderr().splitlines()
-    assert len(lines) == 1 and "cannot execute" in lines[0] and "Traceback" not in run.stderr()
+    report = run.report()
+    assert report["outcome"] == "not_started" and report["exit_code"] == 126
+    assert report["error"] == f"{script}: cannot execute: permission denied"
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -402,3 +413,16 @@ def test_as_pid_1_it_reaps_zombies_and_takes_stop_signals(tmp_path, worker):
             proc.wait()
     report = json.loads(err.read_text().splitlines()[-1])
     assert report["outcome"] == "clean" and report["reaped_orphans"] == 5
+
+
+def test_clean_exit_makes_a_clean_stop_exit_0_and_keeps_the_workers_status(graceshell, tmp_path):
+    """tini -e: a worker that dies of the TERM it was sent is a clean stop, which
+    systemd would count a failure (143); a crash still exits with its own status."""
+    (tmp_path / "graceshell.yml").write_text("defaults:\n  clean_exit: true\n")
+    stopped = graceshell(*NONE, "--config", str(tmp_path / "graceshell.yml"), "--linger", "0s", "--", "sh", "-c",
+                         "kill -TERM $PPID; exec sleep 5")
+    assert stopped.wait() == 0
+    report = stopped.report()
+    assert (report["outcome"], report["exit_code"], report["worker_exit_code"]) == ("clean", 0, 143)
+    crashed = graceshell(*NONE, "--clean-exit", "--", "sh", "-c", "exit 3")
+    assert crashed.wait() == 3 and "worker_exit_code" not in crashed.report()

@@ -49,8 +49,9 @@ def test_all_start_with_port_and_name_and_ctrl_c_stops_them(tmp_path):
     (summary,) = events(err, "graceshell.summary")
     assert [(p["process"], p["exit_code"]) for p in summary["processes"]] == [
         ("web.1", 130), ("worker.1", 130), ("worker.2", 130)]
-    reports = [json.loads(text) for _, text in lines_of(out) if '"graceshell.exit"' in text]
+    reports = events(err, "graceshell.exit")  # every graceshell event on stderr, the process a key
     assert sorted(r["process"] for r in reports) == ["web.1", "worker.1", "worker.2"]
+    assert all(line.startswith(b"{") for line in err.splitlines())  # JSON, each line of it
     assert all(r["outcome"] == "clean" for r in reports)
 
 
@@ -175,3 +176,32 @@ def test_an_internal_error_kills_every_process_tree_it_started():
         return found
 
     wait_for(lambda: not sleepers(), 5, "every sleep killed")
+
+
+def test_processes_that_end_together_keep_their_true_codes_and_reports(tmp_path):
+    """Four of five end at once, while start stops the others: none is
+    signalled to death before it has a report, none after its report; each
+    code in the summary is the one its own report gives."""
+    (tmp_path / "Procfile").write_text('a: no-such-command-here\nb: sh -c "exit 5"\nc: sleep 100\n'
+                                       'd: sh -c "exit 6"\ne: python3 -c "import sys; sys.exit(7)"\n')
+    proc = start(tmp_path, "--log-format", "json")
+    out, err = proc.communicate(timeout=60)
+    reports = {r["process"]: r for r in events(err, "graceshell.exit")}
+    assert sorted(reports) == ["a.1", "b.1", "c.1", "d.1", "e.1"], err.decode()
+    (summary,) = events(err, "graceshell.summary")
+    assert {p["process"]: p["exit_code"] for p in summary["processes"]} == {
+        name: report["exit_code"] for name, report in reports.items()}
+    assert reports["a.1"]["exit_code"] == 127 and reports["c.1"]["exit_code"] == 143
+    assert reports["b.1"]["exit_code"] in (5, 143) and reports["d.1"]["exit_code"] in (6, 143)
+    assert proc.returncode == summary["exit_code"] == reports[summary["cause"]]["exit_code"]
+
+
+def test_in_logfmt_every_event_is_on_stderr_with_the_process_a_key(tmp_path):
+    (tmp_path / "Procfile").write_text('once: echo "said once" >&2\n')
+    proc = start(tmp_path, "--log-format", "logfmt")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert [text for _, text in lines_of(out)] == ["said once"]  # the worker's own stderr stays output
+    lines = err.decode().splitlines()
+    assert lines and all(line.startswith("event=graceshell.") for line in lines), lines
+    assert any(line.startswith("event=graceshell.exit process=once.1 outcome=exited") for line in lines), lines

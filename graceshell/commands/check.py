@@ -3,6 +3,7 @@ process will really get, with where every value comes from."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
 # Platforms that broadcast by default but let the deployment choose graceshell
 # alone as the receiver, and how.
 _WHO_GETS_THE_SIGNAL = {
-    "systemd": "with the default KillMode=control-group; KillMode=mixed in the unit sends it to graceshell alone",
+    "systemd": "with the default KillMode=control-group; KillMode=mixed in the unit sends it to graceshell alone: "
+               "then say so with broadcast: pid1 (or --broadcast pid1)",
 }
 SHORT_GRACE = 10.0  # seconds: below this, say loudly that there is little room for a warm stop
 BUILT_IN = "built-in"
@@ -73,6 +75,8 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "command": argv,
         "preset": {"value": plan.preset, "from": _from(settings, "preset")},
         "platform": {"value": plan.platform.name, "from": platform_source},
+        "broadcast": {"value": plan.platform.broadcast,
+                      "from": _from(settings, "broadcast", f"platform {plan.platform.name}")},
         "platform_timeout_s": {"value": plan.platform_timeout, "from": str(timeout_origin)},
         "budget_s": {"value": plan.budget, "from": budget_from},
         "ladder": {"value": describe(plan.ladder), "from": _from(settings, "ladder")},
@@ -95,12 +99,43 @@ def effective(process: str, source: str, argv: list[str], settings: Mapping[str,
         "interruption_notices": {"value": plan.interruption_notices,
                                  "from": _from(settings, "interruption_notices", "off")},
         "metadata_url": {"value": plan.metadata_url, "from": _from(settings, "metadata_url", "the provider's own")},
-        "warnings": ((_short_reserve(plan, budget_origin)
-                     if uses_reserve and not errors else []) + warnings(plan)
-                    + _ruby_integration(plan, settings, environ) + _rq_worker_class(plan, environ)
-                    + _delayed_job_command(plan)),
+        "warnings": ((_short_reserve(plan, budget_origin) if uses_reserve and not errors else [])
+                     + _not_on_path(argv, plan, environ) + warnings(plan)
+                     + _ruby_integration(plan, settings, environ) + _rq_worker_class(plan, environ)
+                     + _delayed_job_command(plan)),
         "errors": errors,
     }
+
+
+# The stand-in command of a process that `check` knows no command for.
+PLACEHOLDER = "COMMAND"
+# Words a shell line may start with that are no program to look for on PATH.
+_SHELL_BUILTINS = frozenset({"exec", "cd", "export", "set", "test", "[", ".", "source", "eval", "true", "false",
+                             "echo", "printf", "trap", "ulimit", "umask", "wait", "read", "if", "for", "while"})
+
+
+def _not_on_path(argv: list[str], plan: RunPlan, environ: Mapping[str, str]) -> list[str]:
+    """The program the command starts, when it is not where `run` would look for it."""
+    import re
+    import shutil
+
+    from graceshell.config.procfile import command_words
+
+    if argv == [PLACEHOLDER]:
+        return []
+    words = command_words(argv)
+    while words and re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0]):  # `FOO=1 worker`: the program is worker
+        words = words[1:]
+    if not words or words[0] in _SHELL_BUILTINS:
+        return []
+    program = words[0]
+    path = environ.get("PATH", (plan.env or {}).get("PATH", os.defpath))
+    if shutil.which(program, path=path) is not None:
+        return []
+    if "/" in program:
+        return [f"{program} does not exist or is not executable: `graceshell run` would exit 127 or 126"]
+    return [f"{program} is not on PATH: `graceshell run` would exit 127 (install it, activate its virtualenv, "
+            "or give its full path)"]
 
 
 def _is_reserve(at: str | float) -> bool:
@@ -338,8 +373,6 @@ def _delayed_job_command(plan: RunPlan) -> list[str]:
 def _ruby_integration(plan: RunPlan, settings: Mapping[str, Setting], environ: Mapping[str, str]) -> list[str]:
     """A RUBYOPT of the user's own replaces the preset's, and with it the
     integration; Ruby splits RUBYOPT at spaces, so its path must have none."""
-    import os
-
     from graceshell.config.presets import ruby_integration
 
     path = ruby_integration(plan.preset)
@@ -364,6 +397,7 @@ def render_text(entries: list[dict[str, Any]], notes: list[str]) -> str:
         rows = [
             ("preset", entry["preset"]["value"], entry["preset"]["from"]),
             ("platform", entry["platform"]["value"], entry["platform"]["from"]),
+            ("stop goes to", entry["broadcast"]["value"], entry["broadcast"]["from"]),
             ("platform timeout", _seconds(entry["platform_timeout_s"]["value"]), entry["platform_timeout_s"]["from"]),
             ("budget", _seconds(entry["budget_s"]["value"]), entry["budget_s"]["from"]),
             ("ladder", " ".join(f"{s['signal']}@{format_duration(s['at'])}" for s in entry["ladder"]["value"]),
@@ -399,13 +433,20 @@ def _seconds(value: float | None) -> str:
 
 
 def check(sources: Sources, process_type: str | None, flags: Mapping[str, Setting],
-          environ: Mapping[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Effective settings of the chosen process, or of every Procfile process."""
+          environ: Mapping[str, str], command: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Effective settings of `-- COMMAND` (with the section of process_type,
+    or of $GRACESHELL_PROCESS/$DYNO), of the chosen process, or of every
+    Procfile process."""
     notes: list[str] = []
-    targets: list[tuple[str, str, list[str]]] = []
     # (name, where it is defined, argv, graceshell.yml section)
     targets: list[tuple[str, str, list[str], str | None]] = []
-    if process_type is not None:
+    if command:
+        from graceshell.config.resolve import process_from_environment, process_type_of
+
+        name = process_type or process_from_environment(environ)
+        section = process_type_of(name) if name else None
+        targets.append((name or os.path.basename(command[0]), "command line", list(command), section))
+    elif process_type is not None:
         command = sources.process_command(process_type)
         procfile = sources.procfile
         targets.append((process_type, f"{procfile.path}:{procfile.lines[process_type]}", command, process_type))
@@ -418,10 +459,10 @@ def check(sources: Sources, process_type: str | None, flags: Mapping[str, Settin
         for name in (sources.config.processes if sources.config is not None else {}):
             if name not in types:
                 targets.append((name, f"{sources.config.path} only (graceshell run --name {name} -- ...)",
-                                ["COMMAND"], name))
+                                [PLACEHOLDER], name))
         if not types:
             notes.append(f"no {sources.procfile_path}: showing what `graceshell run -- COMMAND` gets")
-            targets.append(("(run -- COMMAND)", "command line", ["COMMAND"], None))
+            targets.append(("(run -- COMMAND)", "command line", [PLACEHOLDER], None))
     if sources.config is None:
         notes.append("no graceshell.yml: built-in settings, presets and flags only")
     entries = [effective(name, source, argv, sources.settings_for(section, flags), environ)

@@ -38,7 +38,7 @@ from graceshell.durations import format_duration
 from graceshell.errors import UsageError
 from graceshell.config.plan import run_command_line
 from graceshell.engine.report import shell_status
-from graceshell.config.platforms import BROADCAST_ALL
+from graceshell.config.platforms import BROADCASTS
 from graceshell.signals import signal_name
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
     from graceshell.config.plan import RunPlan
 
-BROADCASTS = ("all", "group", "pid1")
 DRILL_TIMEOUT_WITHOUT_PLATFORM = 30.0
 DEFAULT_AFTER = 5.0
 _READY_CHECK = 0.05  # seconds between looks for --when-ready's file (the drill is a test tool)
@@ -60,7 +59,7 @@ class Drill:
     def __init__(self, plan: RunPlan, *, broadcast: str | None, wrap: bool, after: float | None,
                  when_ready: str | None, config: str | None, out: TextIO) -> None:
         self.plan = plan
-        self.broadcast = broadcast or ("all" if plan.platform.broadcast == BROADCAST_ALL else "pid1")
+        self.broadcast = broadcast or plan.platform.broadcast  # the platform's model, or the `broadcast` setting
         if self.broadcast not in BROADCASTS:
             raise UsageError(f"--broadcast: {self.broadcast!r} is not one of {', '.join(BROADCASTS)}")
         self.timeout = plan.platform_timeout if plan.platform_timeout is not None else DRILL_TIMEOUT_WITHOUT_PLATFORM
@@ -398,8 +397,8 @@ def _job_label(job: dict[str, Any]) -> str:
 
 def render(result: dict[str, Any], tty: bool | None = None) -> str:
     """The verdict for people, with the stop drawn as a timeline; `tty`
-    (default: whether stdout is a terminal) chooses colour and block
-    characters over plain ASCII."""
+    (default: whether stdout is a terminal) chooses block characters, and
+    colour unless NO_COLOR (no-color.org) is set, over plain ASCII."""
     if tty is None:
         try:
             tty = sys.stdout.isatty()
@@ -420,7 +419,7 @@ def render(result: dict[str, Any], tty: bool | None = None) -> str:
         deadline = result["platform_timeout_s"]
         lines.append("")
         lines.append(f"  timeline, from the stop to the platform's SIGKILL at {format_duration(deadline)}:")
-        lines.extend(timeline.render(events, deadline, tty=tty))
+        lines.extend(timeline.render(events, deadline, tty=tty, colour=tty and "NO_COLOR" not in os.environ))
         used = timeline.summary(result.get("stopped_after_s"), deadline)
         if used:
             lines.append(f"  {used}")

@@ -15,11 +15,18 @@ unless its `restart` is `on-failure` or `always`: then it is restarted after
 1 s, 2 s, 4 s ... (at most 30 s; back to 1 s once it has run for 10 s), and
 given up on after `restart_limit` restarts within a minute, like an OTP
 supervisor's intensity and period.
+
+One rule for graceshell's events: start's own and every process's (its
+`graceshell run`'s and the integrations' inside the worker) go to start's
+stderr, in the chosen log format, each with the process name as a key (in
+JSON mode every line is a JSON object, with no prefix); only the workers'
+own output goes to stdout, prefixed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -47,6 +54,12 @@ BACKOFF_RESET_AFTER = 10.0  # a run this long resets the backoff
 RESTART_PERIOD = 60.0
 DEFAULT_RESTART_LIMIT = 5
 MAX_PARTIAL_LINE = 64 * 1024  # a longer line is written out in pieces rather than held
+# How a graceshell event line begins in each log format (the console's after
+# its timestamp and level, colours taken out).
+_EVENT_START = {"json": b'{"event": "graceshell.', "logfmt": b"event=graceshell."}
+_CONSOLE_EVENT = re.compile(rb"^\S+ \[\s*\w+\s*\] graceshell\.")
+_ANSI = re.compile(rb"\x1b\[[0-9;]*m")
+_STOPS = frozenset({int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGQUIT)})
 _COLOURS = ("36", "33", "32", "35", "34", "31", "96", "93", "92", "95")
 
 
@@ -67,6 +80,7 @@ class Instance:
         # stdout and stderr each have their own pipe (and partial line): a
         # program's buffered stdout must not be cut by a line on its stderr.
         self.outputs: dict[int, bytes] = {}
+        self.stderr_fd: int | None = None  # where its graceshell's events come from
         self.started_at = 0.0
         self.backoff = BACKOFF_FIRST
         self.restart_times: list[float] = []
@@ -81,10 +95,13 @@ class Instance:
 
 
 class Starter:
-    def __init__(self, instances: list[Instance], log: Logger, out: BinaryIO, colour: bool) -> None:
+    def __init__(self, instances: list[Instance], log: Logger, out: BinaryIO, colour: bool,
+                 events: BinaryIO | None = None, event_format: str = "json") -> None:
         self.instances = instances
         self.log = log
         self.out = out
+        self.events = events  # where the processes' graceshell events go (start's stderr); None: with the output
+        self.event_format = event_format
         self.colour = colour
         self.width = max(len(i.name) for i in instances)
         self.selector = selectors.DefaultSelector()
@@ -101,14 +118,57 @@ class Starter:
             return f"\033[{instance.colour}m{stamp} {name} |\033[0m ".encode()
         return f"{stamp} {name} | ".encode()
 
-    def _emit(self, instance: Instance, lines: list[bytes]) -> None:
+    def _emit(self, instance: Instance, lines: list[bytes], stream: BinaryIO | None = None) -> None:
         prefix = self._prefix(instance)
         data = b"".join(prefix + line + b"\n" for line in lines)
+        self._write(stream or self.out, data)
+
+    @staticmethod
+    def _write(stream: BinaryIO, data: bytes) -> None:
         try:
-            self.out.write(data)  # one write per batch of whole lines: never interleaved
-            self.out.flush()
+            stream.write(data)  # one write per batch of whole lines: never interleaved
+            stream.flush()
         except (OSError, ValueError):
             pass
+
+    def _event_line(self, instance: Instance, line: bytes) -> bytes | None:
+        """A graceshell event as start writes it (the process name a key), or None for the worker's own line."""
+        fmt = self.event_format
+        if fmt == "json" and line.startswith(_EVENT_START["json"]):
+            import json
+
+            try:
+                event = json.loads(line)
+            except ValueError:
+                return None
+            event = {"event": event.pop("event"), "process": event.pop("process", instance.name), **event}
+            return json.dumps(event, default=str).encode()
+        if fmt == "logfmt" and line.startswith(_EVENT_START["logfmt"]):
+            if b" process=" in line:
+                return line
+            name, _, rest = line.partition(b" ")
+            return b"%s process=%s %s" % (name, instance.name.encode(), rest)
+        if fmt == "console" and _CONSOLE_EVENT.match(_ANSI.sub(b"", line)):
+            return self._prefix(instance) + line
+        return None
+
+    def _emit_stderr(self, instance: Instance, lines: list[bytes]) -> None:
+        """A process's stderr: graceshell's events to start's, the rest with the output."""
+        if self.events is None:
+            self._emit(instance, lines)
+            return
+        output: list[bytes] = []
+        for line in lines:
+            event = self._event_line(instance, line)
+            if event is None:
+                output.append(line)
+                continue
+            if output:
+                self._emit(instance, output)
+                output = []
+            self._write(self.events, event + b"\n")
+        if output:
+            self._emit(instance, output)
 
     def _read(self, instance: Instance, fd: int, *, draining: bool = False) -> bool:
         """Read what the process wrote on `fd`; False at end of file (or, draining, when nothing is left)."""
@@ -125,7 +185,7 @@ class Starter:
             partial = b""
         instance.outputs[fd] = partial
         if lines:
-            self._emit(instance, lines)
+            (self._emit_stderr if fd == instance.stderr_fd else self._emit)(instance, lines)
         return True
 
     # -- processes -----------------------------------------------------------------
@@ -133,14 +193,21 @@ class Starter:
     def _spawn(self, instance: Instance) -> None:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
+        # The child starts with the stop signals blocked (the mask survives
+        # exec), so a stop sent while it is still starting waits, pending,
+        # until its graceshell catches it: it can neither kill it before it has
+        # a report to write nor be lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
         try:
             # The restarts so far, for the process's own /metrics (its graceshell cannot know them).
             env = {**instance.env, RESTARTS_ENV: str(instance.restarts)} if instance.restarts else instance.env
             instance.proc = subprocess.Popen(instance.argv, stdin=subprocess.DEVNULL, stdout=out_write,
                                              stderr=err_write, env=env, start_new_session=True)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             os.close(out_write)
             os.close(err_write)
+        instance.stderr_fd = err_read
         for fd in (out_read, err_read):
             os.set_blocking(fd, False)
             instance.outputs[fd] = b""
@@ -167,7 +234,7 @@ class Starter:
     def _close_output(self, instance: Instance, fd: int) -> None:
         partial = instance.outputs.pop(fd)
         if partial:
-            self._emit(instance, [partial])
+            (self._emit_stderr if fd == instance.stderr_fd else self._emit)(instance, [partial])
         self.selector.unregister(fd)
         os.close(fd)
 
@@ -224,7 +291,7 @@ class Starter:
 
     def run(self) -> int:
         read_fd = wakeup_pipe()
-        stops = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGQUIT)}
+        stops = set(_STOPS)
         for signum in forwardable_signals() | {int(signal.SIGCHLD)}:
             signal.signal(signum, lambda *_: None)
         self.selector.register(read_fd, selectors.EVENT_READ, ("signal", None))

@@ -13,7 +13,7 @@ into its JSON verdict as they are; `render` draws them, one line per event:
 The filled part of a bar is the time gone by at that event; an event that
 was planned but not needed (a later step, a KILL) is a hollow mark at its
 planned time. On a terminal the bar is drawn with block characters and
-colour; anywhere else it is plain ASCII.
+colour (none when NO_COLOR is set); anywhere else it is plain ASCII.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def event(t: float, what: str, kind: str, *, fired: bool = True) -> dict[str, An
     return {"t": round(max(t, 0.0), 3), "what": what, "kind": kind, "fired": fired}
 
 
-def render(events: list[dict[str, Any]], deadline: float, *, tty: bool) -> list[str]:
-    """One line per event, in time order, on a bar from 0 to `deadline`."""
+def render(events: list[dict[str, Any]], deadline: float, *, tty: bool, colour: bool | None = None) -> list[str]:
+    """One line per event, in time order, on a bar from 0 to `deadline`;
+    `colour` defaults to `tty`."""
+    colour = tty if colour is None else colour
     if not events:
         return []
     scale = deadline if deadline > 0 else max(e["t"] for e in events) or 1.0
@@ -45,9 +47,9 @@ def render(events: list[dict[str, Any]], deadline: float, *, tty: bool) -> list[
     for item in sorted(events, key=lambda e: (e["t"], not e["fired"])):
         bar = _bar(item["t"], scale, fired=item["fired"], tty=tty)
         text = item["what"]
-        if tty:
-            colour = _COLOURS.get(item["kind"] if item["fired"] else "planned", "0")
-            text = f"\x1b[{colour}m{text}\x1b[0m"
+        if colour:
+            code = _COLOURS.get(item["kind"] if item["fired"] else "planned", "0")
+            text = f"\x1b[{code}m{text}\x1b[0m"
         lines.append(f"  {_when(item['t']):>{label_width}}  {bar}  {text}")
     return lines
 

@@ -16,7 +16,7 @@ from graceshell.durations import parse_duration
 from graceshell.errors import MAX_SHOWN, UsageError, one_line, read_user_file, shown
 from graceshell.config.ladder import LadderError, StepSpec, parse_ladder_spec, resolve_offset
 from graceshell.logs import FORMATS, LEVELS
-from graceshell.config.platforms import PLATFORMS
+from graceshell.config.platforms import BROADCASTS, PLATFORMS
 from graceshell.config.plan import SECOND_SIGNAL_POLICIES
 from graceshell.config.settings import Origin, Setting
 from graceshell.signals import parse_signal
@@ -231,6 +231,11 @@ class _Checker:
             raise self.fail(path, "a NUL character (\\0) cannot be part of a command; remove it")
         return value
 
+    def boolean(self, value: Any, path: tuple[Any, ...]) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {_kind(value)}")
+        return value
+
     def choice(self, choices: tuple[str, ...] | list[str]) -> Callable[[Any, tuple[Any, ...]], str]:
         def check(value: Any, path: tuple[Any, ...]) -> str:
             if not isinstance(value, str) or value not in choices:
@@ -360,10 +365,11 @@ PROCESS_KEYS: dict[str, str] = {
     "preset": "preset", "remap": "remap", "ladder": "ladder", "second_signal": "second_signal",
     "linger": "duration", "budget": "duration", "on_orphans": "string", "stop_signals": "signal_list",
     "env": "env", "restart": "restart", "restart_limit": "count", "parent_death_signal": "signal",
+    "clean_exit": "boolean",
     "http": "address", "interruption_notices": "notices", "metadata_url": "url",
 }
 TOP_KEYS: dict[str, str] = {
-    "platform": "platform", "platform_timeout": "duration", "budget": "duration",
+    "platform": "platform", "platform_timeout": "duration", "budget": "duration", "broadcast": "broadcast",
     "log_format": "log_format", "log_level": "log_level",
     "http": "address", "interruption_notices": "notices", "metadata_url": "url",
 }
@@ -371,6 +377,7 @@ TOP_KEYS: dict[str, str] = {
 
 def _converter(checker: _Checker, kind: str) -> Callable[[Any, tuple[Any, ...]], Any]:
     special = {"second_signal": checker.choice(SECOND_SIGNAL_POLICIES), "log_format": checker.choice(FORMATS),
+               "broadcast": checker.choice(BROADCASTS),
                "log_level": checker.choice(list(LEVELS))}
     return special.get(kind) or getattr(checker, kind)
 

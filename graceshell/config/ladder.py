@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 from collections import namedtuple
 
-from graceshell.durations import format_duration, parse_duration
+from graceshell.durations import format_duration, parse_duration, to_ms
 from graceshell.errors import shown
 from graceshell.signals import parse_signal, signal_name
 
@@ -73,7 +73,7 @@ def cold_reserve(budget: float, floor: float | None = None) -> float:
     of the budget between the framework's floor and 5 s, and never more than
     half the budget."""
     floor = DEFAULT_COLD_FLOOR if floor is None else floor
-    return min(budget / 2, max(floor, min(COLD_RESERVE_CAP, COLD_RESERVE_SHARE * budget)))
+    return to_ms(min(budget / 2, max(floor, min(COLD_RESERVE_CAP, COLD_RESERVE_SHARE * budget))))
 
 
 def budget_offset(at: str | int | float) -> float | str | None:
@@ -99,7 +99,7 @@ def resolve_offset(at: str | int | float, budget: float, reserve: float | None =
         return parse_duration(at)
     if kept == RESERVE:
         kept = cold_reserve(budget) if reserve is None else reserve
-    return max(0.0, budget - kept)  # type: ignore[operator]
+    return to_ms(max(0.0, budget - kept))  # type: ignore[operator]
 
 
 def build_ladder(specs: list[StepSpec] | None, budget: float, reserve: float | None = None) -> tuple[Step, ...]:

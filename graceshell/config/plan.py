@@ -13,7 +13,8 @@ import signal
 from graceshell.durations import format_duration
 from graceshell.errors import UsageError
 from graceshell.config.ladder import DEFAULT_COLD_FLOOR, LadderError, Step, build_ladder, cold_reserve
-from graceshell.config.platforms import PLATFORMS, Platform, default_budget, detect_platform, platform_timeout
+from graceshell.config.platforms import (BROADCASTS, PLATFORMS, Platform, default_budget, detect_platform,
+                                        platform_timeout)
 from graceshell.config.settings import Origin, Setting, value_of
 from graceshell.signals import DEFAULT_STOP_SIGNALS, FAULT_SIGNALS, UNCATCHABLE, signal_name
 
@@ -30,7 +31,7 @@ class RunPlan:
 
     __slots__ = ("argv", "name", "ladder", "budget", "platform", "platform_source", "platform_timeout",
                  "stop_signals", "remap", "second_signal", "linger", "env", "preset", "on_orphans", "cold_reserve",
-                 "cold_floor", "parent_death_signal", "http", "interruption_notices", "metadata_url")
+                 "cold_floor", "parent_death_signal", "clean_exit", "http", "interruption_notices", "metadata_url")
 
     def __init__(self, *, argv: list[str], name: str, ladder: tuple[Step, ...], budget: float,
                  platform: Platform, platform_source: str, platform_timeout: float | None,
@@ -38,8 +39,8 @@ class RunPlan:
                  linger: float = DEFAULT_LINGER, env: dict[str, str] | None = None, preset: str = "generic",
                  on_orphans: str | None = None, cold_reserve: float | None = None,
                  cold_floor: float = DEFAULT_COLD_FLOOR, parent_death_signal: int | None = None,
-                 http: tuple[str, int] | None = None, interruption_notices: str | None = None,
-                 metadata_url: str | None = None) -> None:
+                 clean_exit: bool = False, http: tuple[str, int] | None = None,
+                 interruption_notices: str | None = None, metadata_url: str | None = None) -> None:
         self.argv = argv
         self.name = name
         self.ladder = ladder
@@ -59,6 +60,9 @@ class RunPlan:
         # What graceshell's guard sends the worker if graceshell dies without
         # stopping it (kill -9, the OOM killer); by default the warm shutdown's signal.
         self.parent_death_signal = parent_death_signal if parent_death_signal is not None else self.warm_signal()
+        # A clean stop exits 0 (tini -e): for service managers that count the
+        # 143 of a worker that died of the forwarded TERM as a failure.
+        self.clean_exit = clean_exit
         # The fleet options, all off by default: the endpoint's (host, port);
         # the cloud whose interruption notices start a stop, and its metadata base URL.
         self.http = http
@@ -117,6 +121,11 @@ def resolve_platform(settings: Mapping[str, Setting], environ: Mapping[str, str]
         chosen, source = PLATFORMS[name], str(settings["platform"].origin)
     else:
         raise UsageError(f"{settings['platform'].origin}: unknown platform {name!r} (known: {', '.join(PLATFORMS)})")
+    broadcast = value_of(settings, "broadcast")
+    if broadcast is not None and broadcast != chosen.broadcast:  # the deployment's own stop model
+        if broadcast not in BROADCASTS:
+            raise UsageError(f"{settings['broadcast'].origin}: {broadcast!r} is not one of {', '.join(BROADCASTS)}")
+        chosen = chosen._replace(broadcast=broadcast)
     if "platform_timeout" in settings:
         return chosen, source, settings["platform_timeout"].value, settings["platform_timeout"].origin
     timeout = platform_timeout(chosen, environ)
@@ -185,6 +194,7 @@ def make_plan(argv: list[str], settings: Mapping[str, Setting],
         cold_reserve=reserve,
         cold_floor=floor,
         parent_death_signal=death,
+        clean_exit=bool(value_of(settings, "clean_exit", False)),
         http=value_of(settings, "http"),
         interruption_notices=value_of(settings, "interruption_notices"),
         metadata_url=value_of(settings, "metadata_url"),
@@ -218,6 +228,8 @@ def run_command_line(plan: RunPlan, config: str | None, *, log_format: str = "js
     if plan.on_orphans:
         argv += ["--on-orphans", plan.on_orphans]
     argv += ["--parent-death-signal", signal_name(plan.parent_death_signal)]
+    if plan.clean_exit:
+        argv.append("--clean-exit")
     if plan.http is not None:
         from graceshell.fleet.options import format_address
 

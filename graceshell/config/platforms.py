@@ -14,6 +14,10 @@ from collections import namedtuple
 # How the platform delivers its stop signal.
 BROADCAST_ALL = "all"  # to every process of the dyno/cgroup, children included
 BROADCAST_PID1 = "pid1"  # to the container's main process only
+BROADCAST_GROUP = "group"  # to graceshell's process group (the worker runs in a session of its own)
+# What the `broadcast` setting may say, for a deployment whose stop model is
+# not its platform's default (systemd's KillMode=mixed signals the main process only).
+BROADCASTS = (BROADCAST_ALL, BROADCAST_GROUP, BROADCAST_PID1)
 
 
 _PLATFORM_FIELDS = ("name timeout stop_signal broadcast repeats_stop_signal detect_env detect_file "
@@ -78,6 +82,11 @@ PLATFORMS: dict[str, Platform] = {
         Platform("systemd", 90.0, signal.SIGTERM, BROADCAST_ALL, False, ("INVOCATION_ID", "JOURNAL_STREAM"),
                  detect_needs_all=True, doc="www.freedesktop.org/software/systemd/man/systemd.kill.html",
                  timeout_setting="TimeoutStopSec= in the unit"),
+        # podman stop: StopSignal to PID 1, SIGKILL after 10 s (-t, --stop-timeout);
+        # Podman writes /run/.containerenv in every container (no /.dockerenv).
+        Platform("podman", 10.0, signal.SIGTERM, BROADCAST_PID1, False, detect_file="/run/.containerenv",
+                 doc="docs.podman.io/en/latest/markdown/podman-stop.1.html",
+                 timeout_setting="podman stop -t, or podman run --stop-timeout"),
         # docker stop: STOPSIGNAL to PID 1, SIGKILL after 10 s (-t).
         Platform("docker", 10.0, signal.SIGTERM, BROADCAST_PID1, False, detect_file="/.dockerenv",
                  doc="docs.docker.com/reference/cli/docker/container/stop/",
@@ -125,4 +134,6 @@ def default_budget(timeout: float | None) -> float:
     """platform timeout - 5 s, but never under 80% of it for short timeouts."""
     if timeout is None:
         return BUDGET_WITHOUT_PLATFORM
-    return max(timeout - PLATFORM_MARGIN, 0.8 * timeout)
+    from graceshell.durations import to_ms
+
+    return to_ms(max(timeout - PLATFORM_MARGIN, 0.8 * timeout))

@@ -8,6 +8,8 @@ outcome:
   exited     no stop was asked for; the worker ended on its own with 0
   crashed    the worker failed: non-zero or killed by a signal, without a
              stop request, or a stop whose first step it answered with an error
+  not_started  the command could not be executed: 127 not found, 126 not
+             executable (`error` says why)
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
                  orphaned_jobs: list[dict[str, Any]], orphaned_jobs_unread: int = 0) -> dict[str, Any]:
     code = exit_code_of(status)
     died_of = -os.waitstatus_to_exitcode(status) if status is not None and os.WIFSIGNALED(status) else None
+    outcome = outcome_of(status, stop_signal, first_signal, steps_fired, kill_fired, killed)
+    remapped = plan.clean_exit and outcome == "clean" and code != 0
     report: dict[str, Any] = {
-        "outcome": outcome_of(status, stop_signal, first_signal, steps_fired, kill_fired, killed),
-        "exit_code": code,
+        "outcome": outcome,
+        "exit_code": 0 if remapped else code,
         "signal": signal_name(died_of) if died_of else None,
         "stop_signal": signal_name(stop_signal) if stop_signal is not None else None,
         "pid": pid,
@@ -74,8 +78,33 @@ def build_report(*, plan: RunPlan, pid: int, status: int | None, stop_signal: in
         "orphaned_jobs": orphaned_jobs,
         "reaped_orphans": reaped_orphans,
     }
+    if remapped:  # --clean-exit: graceshell exits 0, and says what the worker's status was
+        report["worker_exit_code"] = code
     if orphaned_jobs_unread:  # more ledger files than graceshell reads at exit (ledger.MAX_ORPHANS_READ)
         report["orphaned_jobs_unread"] = orphaned_jobs_unread
     if survivors:
         report["survivors"] = survivors
     return report
+
+
+def not_started_report(plan: RunPlan, exit_code: int, error: str) -> dict[str, Any]:
+    """The report of a command that could not be executed (126/127): the keys
+    of every other report, so a log pipeline reads it the same way."""
+    return {
+        "outcome": "not_started",
+        "exit_code": exit_code,
+        "error": error,
+        "signal": None,
+        "stop_signal": None,
+        "pid": None,
+        "uptime_s": 0.0,
+        "shutdown_s": None,
+        "budget_s": plan.budget,
+        "platform_timeout_s": plan.platform_timeout,
+        "platform": plan.platform.name,
+        "ladder": describe(plan.ladder),
+        "steps_fired": 0,
+        "killed": [],
+        "orphaned_jobs": [],
+        "reaped_orphans": 0,
+    }

@@ -552,7 +552,7 @@ class Supervisor:
                           pid=self.pid, delivered=delivered)
         else:
             self.log.warning("graceshell.escalate", step=index, signal=signal_name(sent), pid=self.pid,
-                             at_s=step.at, elapsed_s=round(now - self.stop_at, 4), delivered=delivered)
+                             at_s=step.at, elapsed_s=round(now - self.stop_at, 3), delivered=delivered)
 
     def _kill_tree(self, now: float, reason: str) -> None:
         """SIGKILL everything: the worker, its group, every descendant and orphan."""
@@ -565,7 +565,7 @@ class Supervisor:
             except (ProcessLookupError, PermissionError):
                 pass
         self.killed.extend(killed)
-        elapsed = round(now - self.stop_at, 4) if self.stop_at is not None else None
+        elapsed = round(now - self.stop_at, 3) if self.stop_at is not None else None
         self.log.warning("graceshell.escalate", step="final", signal="KILL", reason=reason, elapsed_s=elapsed,
                          killed=killed)
 

@@ -158,9 +158,11 @@ class WorkerMixin:
         thread; when the thread has taken the UNSUBSCRIBE reply before the
         stop, the worker hangs up to a minute (graceshell's KILL came first in
         the end-to-end tests, about one exit in ten). Stopping the thread
-        first makes that reply the one that lets it end."""
+        first makes that reply (or the reply to a second UNSUBSCRIBE, when the
+        thread had already read the first) the one that lets it end; as much
+        outside graceshell as under it."""
         thread = getattr(self, "pubsub_thread", None)
-        if thread is not None and shutdown.under_graceshell():
+        if thread is not None:
             try:
                 thread.stop(timeout=0)  # redis-py 8: clear the flag, do not wait
             except TypeError:
