@@ -327,8 +327,10 @@ def test_systemd_unit_budget_ends_before_timeout_stop_sec(tmp_path: Path) -> Non
     assert_fits(entry, "systemd", timeout)
     stop = service.get("KillSignal", "SIGTERM").removeprefix("SIG")
     assert stop in entry["stop_signals"]["value"]
-    # check cannot see the unit's KillMode: its broadcast warning names the fix this unit applies.
-    assert any("KillMode=mixed" in warning for warning in entry["warnings"]), entry["warnings"]
+    # check cannot see the unit's KillMode: the unit says it with --broadcast pid1, so no broadcast warning.
+    assert "--broadcast" in argv and argv[argv.index("--broadcast") + 1] == "pid1"
+    assert entry["broadcast"]["value"] == "pid1", entry["broadcast"]
+    assert not any("KillMode" in warning for warning in entry["warnings"]), entry["warnings"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
