@@ -39,8 +39,9 @@ def ledger_dir() -> str | None:
 
 
 def _file_name(job_id: str) -> str:
-    safe = "".join(c if c in _SAFE else "_" for c in job_id)[:100].lstrip(".") or "job"
-    return f"{os.getpid()}-{safe}.json"
+    # Ids are nearly always safe already (uuids, hex): one set test, not a loop over the characters.
+    safe = job_id if _SAFE.issuperset(job_id) else "".join(c if c in _SAFE else "_" for c in job_id)
+    return f"{os.getpid()}-{safe[:100].lstrip('.') or 'job'}.json"
 
 
 def write_entry(directory: str, entry: dict[str, Any]) -> str:
@@ -50,13 +51,41 @@ def write_entry(directory: str, entry: dict[str, Any]) -> str:
     or that make the entry larger than graceshell reads are left out, and
     the entry says so.
     """
-    path = os.path.join(directory, _file_name(str(entry["id"])))
+    path = f"{directory}/{_file_name(str(entry['id']))}"
     _write_atomically(path, _encode(entry))
     return path
 
 
+# The types whose JSON graceshell's reader always takes back as they were
+# (text, bounded numbers, true/false/null): an entry of those alone needs no
+# re-parse to prove it readable. Exact types: a subclass may encode otherwise.
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+_plain_encoder: Any = None  # json.JSONEncoder(allow_nan=False), built at the first entry
+
+
+def _encode_plain(entry: dict[str, Any]) -> bytes | None:
+    """The common entry, flat and of plain fields, encoded without the
+    validating re-parse; None when it is not such an entry."""
+    global _plain_encoder
+    for key, value in entry.items():
+        if type(key) is not str or type(value) not in _PLAIN_TYPES:
+            return None
+    if _plain_encoder is None:
+        import json
+
+        _plain_encoder = json.JSONEncoder(allow_nan=False)  # ensure_ascii: the bytes are ASCII
+    try:
+        data: bytes = _plain_encoder.encode(entry).encode("ascii")
+    except ValueError:  # NaN or infinity, an int of thousands of digits: the careful path says why
+        return None
+    return data if len(data) <= MAX_ENTRY else None
+
+
 def _encode(entry: dict[str, Any]) -> bytes:
     """The entry as graceshell will read it back (jsonfile.parse_object), whatever its extra fields hold."""
+    plain = _encode_plain(entry)
+    if plain is not None:
+        return plain
     import json
 
     from graceshell.jsonfile import Unreadable, parse_object
@@ -87,10 +116,16 @@ def _plain(value: Any) -> Any:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    head, tail = os.path.split(path)
+    temp = f"{head}/.{tail}.tmp"
     try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
+        # os.open, not open(): no buffer object, no fstat, ioctl and lseek (a job's ledger write is on its path).
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {temp}")
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except OSError:
         try:
