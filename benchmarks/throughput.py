@@ -171,6 +171,29 @@ def _tree_cpu(pid: int) -> dict[int, float]:
     return seconds
 
 
+def _stop(proc: subprocess.Popen, stop: int) -> None:
+    """Stop the worker (and graceshell) the framework's way; kill what is left."""
+    import psutil
+
+    try:  # listed first: graceshell starts the worker in a session of its own, out of reach of killpg
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    try:
+        os.kill(proc.pid, stop)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    if proc.poll() is None:
+        proc.kill()
+    for process in tree:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
 def drain_once(redis: Redis, workdir: Path, label: str, preset: str, module: str, argv: list[str],
                count: int, wrapped: bool, graceshell: str) -> dict[str, float]:
     """Queue `count` no-op tasks, start the worker, time the drain."""
@@ -211,17 +234,7 @@ def drain_once(redis: Redis, workdir: Path, label: str, preset: str, module: str
         cpu = _cpu_seconds(proc.pid) - cpu_before if wrapped else 0.0
         tree = sum(seconds - tree_before.get(pid, 0.0) for pid, seconds in _tree_cpu(proc.pid).items())
     finally:
-        stop = signal.SIGINT if module == "bench_huey" and not wrapped else signal.SIGTERM
-        try:
-            os.kill(proc.pid, stop)
-            proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the stop left (its own session: start_new_session)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+        _stop(proc, signal.SIGINT if module == "bench_huey" and not wrapped else signal.SIGTERM)
     return {"tasks_per_s": from_left / took, "graceshell_cpu_s": cpu, "tree_cpu_s": tree, "tasks": from_left,
             "seconds": took}
 
