@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -171,26 +170,21 @@ def _tree_cpu(pid: int) -> dict[int, float]:
     return seconds
 
 
-def _stop(proc: subprocess.Popen, stop: int) -> None:
-    """Stop the worker (and graceshell) the framework's way; kill what is left."""
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the worker's tree and graceshell: the stop is not what is measured here
+    (and a stop after the drain would wait on the framework's shutdown)."""
     import psutil
 
     try:  # listed first: graceshell starts the worker in a session of its own, out of reach of killpg
         tree = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         tree = []
-    try:
-        os.kill(proc.pid, stop)
-        proc.wait(20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    if proc.poll() is None:
-        proc.kill()
     for process in tree:
         try:
             process.kill()
         except psutil.NoSuchProcess:
             pass
+    proc.kill()
     proc.wait()
 
 
@@ -234,7 +228,7 @@ def drain_once(redis: Redis, workdir: Path, label: str, preset: str, module: str
         cpu = _cpu_seconds(proc.pid) - cpu_before if wrapped else 0.0
         tree = sum(seconds - tree_before.get(pid, 0.0) for pid, seconds in _tree_cpu(proc.pid).items())
     finally:
-        _stop(proc, signal.SIGINT if module == "bench_huey" and not wrapped else signal.SIGTERM)
+        _kill(proc)
     return {"tasks_per_s": from_left / took, "graceshell_cpu_s": cpu, "tree_cpu_s": tree, "tasks": from_left,
             "seconds": took}
 
