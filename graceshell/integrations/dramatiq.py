@@ -68,7 +68,7 @@ class GraceshellMiddleware(Middleware):
         self.worker = worker
 
     def before_process_message(self, broker: Any, message: Any) -> None:
-        tracker = jobs.track(message.message_id, message.actor_name, queue=message.queue_name,
+        tracker = jobs.track_deferred(message.message_id, message.actor_name, queue=message.queue_name,
                              retries=message.options.get("retries", 0)).__enter__()
         with self._lock:
             self._running[message.message_id] = (message, tracker)

@@ -53,7 +53,7 @@ class Worker(_RQWorker):
         return logger_from_environment("rq").bind(worker=self.name)
 
     def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
-        with jobs.track(job.id, job.func_name, queue=queue.name):
+        with jobs.track_deferred(job.id, job.func_name, queue=queue.name):
             return super().perform_job(job, queue, *args, **kwargs)
 
     def setup_work_horse_signals(self) -> None:
