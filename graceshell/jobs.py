@@ -14,6 +14,11 @@ $GRACESHELL_JOBS_DIR, written atomically (a dot-name first, then a rename)
 when the job starts and removed when it ends. Outside graceshell (no
 $GRACESHELL_JOBS_DIR) `track` does nothing. Importing this module is cheap
 and has no side effects.
+
+The integrations, which see every job a framework runs, use
+`track_deferred`: the same file, written only for a job still running
+0.2 s after its start (see graceshell.jobwriter), so that short jobs cost
+no system call.
 """
 
 from __future__ import annotations
