@@ -276,7 +276,10 @@ def throughput(workdir: Path, graceshell: str, count: int, trials: int, smoke: b
     models = [m for m in MODELS if not smoke or m[0] in SMOKE_MODELS]
     runs: dict[tuple[str, bool], list[dict[str, float]]] = {(m[0], w): [] for m in models for w in (False, True)}
     failures: dict[str, str] = {}
-    redis = Redis(workdir)
+    try:
+        redis = Redis(workdir)
+    except RuntimeError as exc:
+        return {"skipped": str(exc), **track_cost(500 if smoke else 5000)}
     os.environ["REDIS_URL"] = redis.url  # the apps queue their tasks from this process too
     try:
         for round_ in range(trials):
@@ -327,6 +330,8 @@ def throughput(workdir: Path, graceshell: str, count: int, trials: int, smoke: b
 
 
 def print_table(results: dict[str, object], emit: Callable[[str], None] = print) -> None:
+    if "skipped" in results:
+        emit(f"  skipped: {results['skipped']}")
     emit(f"  {'model':<22} {'bare/s':>8} {'graceshell/s':>13} {'ratio':>6} {'(min-max)':>13} "
          f"{'CPU ratio':>9} {'gs CPU s/1000 jobs':>19} {'% core':>7}")
     for label, row in results.items():
