@@ -13,7 +13,7 @@ long job's start. Only a process that dies (a crash, a SIGKILL) within
 WRITE_AFTER of a job's start leaves that job out.
 
 The thread sleeps until the next entry is due, and waits without a timeout
-once no job has started for PARK_AFTER. Forked children (prefork pools, work
+once no entry has been waiting for PARK_AFTER. Forked children (prefork pools, work
 horses) start their own thread at their first job.
 """
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 WRITE_AFTER = 0.2  # seconds a job runs before its entry is written
-PARK_AFTER = 5.0  # seconds without jobs before the thread waits for the next one without a timeout
+PARK_AFTER = 5.0  # seconds with no entry to write before the thread waits for the next job without a timeout
 
 
 class Pending:
@@ -131,7 +131,7 @@ class _Writer:
                         if not job.written:
                             _write(job)
             later = [job.due for job in waiting if job.due > now]
-            if _pending:
+            if waiting:  # a long job already written needs nothing more of this thread
                 idle_since = now
             if later:
                 time.sleep(min(later) - now)
@@ -143,7 +143,8 @@ class _Writer:
 
     def _park(self) -> None:
         self.parked = True
-        if not _pending:  # checked after `parked` is set: a job started meanwhile saw it set, or is seen here
+        # Checked after `parked` is set: a job started meanwhile either saw it set, or is seen here.
+        if all(job.written for job in list(_pending)):
             self.wake.wait()
         self.wake.clear()
         self.parked = False

@@ -316,3 +316,21 @@ def test_a_deferred_job_just_started_at_the_stop_is_named_in_the_report(graceshe
     assert run.wait() == 137
     (job,) = run.report()["orphaned_jobs"]
     assert (job["id"], job["name"], job["queue"]) == ("job-7", "reports.build", "default")
+
+
+def test_the_deferred_writer_parks_while_only_written_jobs_run(monkeypatch, tmp_path):
+    """A long job whose entry is written leaves the writer thread nothing to do:
+    it waits for the next job's start instead of waking (or spinning); that start wakes it."""
+    from graceshell import jobs, jobwriter
+
+    monkeypatch.setenv("GRACESHELL_JOBS_DIR", str(tmp_path))
+    monkeypatch.setattr(jobwriter, "PARK_AFTER", 0.3)
+    with jobs.track_deferred("long", "x") as long:
+        wait_for(lambda: jobwriter._writer is not None and jobwriter._writer.parked, 10, "the writer parked")
+        assert long.path is not None
+        cpu = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - cpu < 0.2  # a thread that spun would take the whole 0.5 s
+        with jobs.track_deferred("next", "y") as following:
+            wait_for(lambda: following.path is not None, 10, "the next job's entry")
+    assert os.listdir(tmp_path) == []
