@@ -1,14 +1,16 @@
 """graceshell side by side with tini, dumb-init, honcho and supervisord.
 
-    python benchmarks/run.py [--smoke] [--json FILE]
+    python benchmarks/run.py [--smoke] [--throughput-only] [--json FILE]
 
 Every figure is measured in this run, on this machine, for graceshell and
 for each peer found: start-up, forwarding latency, ladder accuracy, idle
-cost, peak RSS, killing a 1000-process tree, a zombie storm, and the
-throughput of `start`'s output prefixer. Medians with p90/p99 over many
-trials; ratios against the peers of the same run. It installs nothing: a
-missing peer is named with the command that installs it, and skipped.
-`--smoke` runs a few trials of each (under a minute) for CI.
+cost, peak RSS, killing a 1000-process tree, a zombie storm, the
+throughput of `start`'s output prefixer, and the price of a job: workers
+draining no-op tasks bare and under graceshell (benchmarks/throughput.py).
+Medians with p90/p99 over many trials; ratios against the peers of the same
+run. It installs nothing: a missing peer is named with the command that
+installs it, and skipped. `--smoke` runs a few trials of each (under a
+minute) for CI; `--throughput-only` runs the price of a job alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import throughput  # benchmarks/throughput.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -497,6 +501,9 @@ TARGETS = (
 )
 
 
+THROUGHPUT = "the price of a job: no-op tasks drained, bare and under graceshell"
+
+
 def print_targets(report: dict[str, object]) -> None:
     print("\ntargets")
     for label, section, key, limit in TARGETS:
@@ -511,16 +518,30 @@ def print_targets(report: dict[str, object]) -> None:
         times = up["graceshell true"]["median"] / up["honcho run true"]["median"]
         print(f"  {'run -- true / honcho run true':<44} {times:9.3f}  target <= 1.1: "
               f"{'met' if times <= 1.1 else 'NOT met'}")
+    jobs = report.get(THROUGHPUT)
+    for label, row in (jobs.items() if isinstance(jobs, dict) else ()):
+        if isinstance(row, dict) and "ratio" in row:
+            print(f"  {label + ', graceshell / bare tasks/s':<44} {row['ratio']:9.3f}  target >= 0.97: "
+                  f"{'met' if row['ratio'] >= 0.97 else 'NOT met'}")
+            per_core = row["graceshell CPU s per 1000 jobs"] * 100  # % of a core at 1,000 jobs/s
+            print(f"  {label + ', graceshell % core at 1000/s':<44} {per_core:9.3f}  target < 1: "
+                  f"{'met' if per_core < 1 else 'NOT met'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few trials of each (about 30 s), for CI")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only the price of a job: workers draining no-op tasks, bare and under graceshell")
+    parser.add_argument("--tasks", type=int, default=None, help="no-op tasks per drain (default 3000; 100 in --smoke)")
+    parser.add_argument("--trials", type=int, default=None, help="interleaved rounds (default 5; 1 in --smoke)")
     args = parser.parse_args()
     if GRACESHELL is None:
         sys.exit("benchmarks: graceshell is not installed next to this Python (make test sets it up)")
     smoke = args.smoke
+    tasks = args.tasks or (100 if smoke else 3000)
+    trials = args.trials or (1 if smoke else 5)
     # Measure graceshell as pip installs it: with its bytecode compiled (an
     # editable checkout under PYTHONDONTWRITEBYTECODE would compile every
     # module on every start).
@@ -548,11 +569,17 @@ def main() -> None:
              lambda: tree_kill(wrappers, forker, 100 if smoke else 1000, 10 if smoke else 100)),
             ("zombie storm", lambda: zombie_storm(wrappers, forker, 500 if smoke else 10000)),
             ("start output throughput", lambda: prefixer(wrappers, forker, 20000 if smoke else 500000)),
+            (THROUGHPUT, lambda: throughput.throughput(workdir, GRACESHELL, tasks, trials, smoke)),
         ]
+        if args.throughput_only:
+            sections = [s for s in sections if s[0] == THROUGHPUT]
         for title, measure in sections:
             figures = measure()
             report[title] = figures
             print(f"\n{title}")
+            if title == THROUGHPUT:
+                throughput.print_table(figures)
+                continue
             for label, value in figures.items():
                 if isinstance(value, dict) and "median" in value:
                     print(f"  {label:<38} median {value['median']:9.3f}  p90 {value['p90']:9.3f}  "
@@ -560,9 +587,8 @@ def main() -> None:
                 else:
                     print(f"  {label:<38} {json.dumps(value)}")
     print_targets(report)  # graceshell run -- true against honcho run true among them
-    thru = report["start output throughput"]
-    assert isinstance(thru, dict)
-    if "honcho start" in thru and "graceshell start" in thru:
+    thru = report.get("start output throughput")
+    if isinstance(thru, dict) and "honcho start" in thru and "graceshell start" in thru:
         print(f"start output, graceshell vs honcho: "
               f"{ratio(thru['graceshell start']['lines_per_s'], thru['honcho start']['lines_per_s'])} the lines/s")
     if args.json:

@@ -14,6 +14,11 @@ $GRACESHELL_JOBS_DIR, written atomically (a dot-name first, then a rename)
 when the job starts and removed when it ends. Outside graceshell (no
 $GRACESHELL_JOBS_DIR) `track` does nothing. Importing this module is cheap
 and has no side effects.
+
+The integrations, which see every job a framework runs, use
+`track_deferred`: the same file, written only for a job still running
+0.2 s after its start (see graceshell.jobwriter), so that short jobs cost
+no system call.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ def ledger_dir() -> str | None:
 
 
 def _file_name(job_id: str) -> str:
-    safe = "".join(c if c in _SAFE else "_" for c in job_id)[:100].lstrip(".") or "job"
-    return f"{os.getpid()}-{safe}.json"
+    # Ids are nearly always safe already (uuids, hex): one set test, not a loop over the characters.
+    safe = job_id if _SAFE.issuperset(job_id) else "".join(c if c in _SAFE else "_" for c in job_id)
+    return f"{os.getpid()}-{safe[:100].lstrip('.') or 'job'}.json"
 
 
 def write_entry(directory: str, entry: dict[str, Any]) -> str:
@@ -50,13 +56,41 @@ def write_entry(directory: str, entry: dict[str, Any]) -> str:
     or that make the entry larger than graceshell reads are left out, and
     the entry says so.
     """
-    path = os.path.join(directory, _file_name(str(entry["id"])))
+    path = f"{directory}/{_file_name(str(entry['id']))}"
     _write_atomically(path, _encode(entry))
     return path
 
 
+# The types whose JSON graceshell's reader always takes back as they were
+# (text, bounded numbers, true/false/null): an entry of those alone needs no
+# re-parse to prove it readable. Exact types: a subclass may encode otherwise.
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+_plain_encoder: Any = None  # json.JSONEncoder(allow_nan=False), built at the first entry
+
+
+def _encode_plain(entry: dict[str, Any]) -> bytes | None:
+    """The common entry, flat and of plain fields, encoded without the
+    validating re-parse; None when it is not such an entry."""
+    global _plain_encoder
+    for key, value in entry.items():
+        if type(key) is not str or type(value) not in _PLAIN_TYPES:
+            return None
+    if _plain_encoder is None:
+        import json
+
+        _plain_encoder = json.JSONEncoder(allow_nan=False)  # ensure_ascii: the bytes are ASCII
+    try:
+        data: bytes = _plain_encoder.encode(entry).encode("ascii")
+    except ValueError:  # NaN or infinity, an int of thousands of digits: the careful path says why
+        return None
+    return data if len(data) <= MAX_ENTRY else None
+
+
 def _encode(entry: dict[str, Any]) -> bytes:
     """The entry as graceshell will read it back (jsonfile.parse_object), whatever its extra fields hold."""
+    plain = _encode_plain(entry)
+    if plain is not None:
+        return plain
     import json
 
     from graceshell.jsonfile import Unreadable, parse_object
@@ -87,10 +121,16 @@ def _plain(value: Any) -> Any:
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    temp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    head, tail = os.path.split(path)
+    temp = f"{head}/.{tail}.tmp"
     try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
+        # os.open, not open(): no buffer object, no fstat, ioctl and lseek (a job's ledger write is on its path).
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write to {temp}")
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except OSError:
         try:
@@ -115,6 +155,11 @@ def _entries_of(job_id: str) -> list[str]:
 
 def update(job_id: str, **fields: Any) -> None:
     """Add `fields` to the ledger entry of `job_id` (e.g. requeued=True), from any process."""
+    import sys
+
+    late = sys.modules.get("graceshell.jobwriter")  # loaded by the first track_deferred
+    if late is not None and late.write_now(job_id, fields):
+        return  # a job of this process's: its entry is written now, fields and all
     from graceshell.jsonfile import Unreadable, read_object
 
     for path in _entries_of(job_id):
@@ -131,6 +176,11 @@ def update(job_id: str, **fields: Any) -> None:
 def forget(job_id: str) -> None:
     """Remove the ledger entry of `job_id`, whichever process wrote it
     (for frameworks that learn of a job's end in another process)."""
+    import sys
+
+    late = sys.modules.get("graceshell.jobwriter")
+    if late is not None:
+        late.forget(job_id)
     for path in _entries_of(job_id):
         try:
             os.unlink(path)
@@ -181,3 +231,43 @@ class track:  # noqa: N801 - used like a function: `with jobs.track(...)`
                 return function(*args, **kwargs)
 
         return tracked
+
+
+class track_deferred(track):  # noqa: N801
+    """`track` for the integrations, on every job a framework runs: the entry
+    is written only if the job is still running after jobwriter.WRITE_AFTER
+    (0.2 s), or at once when `update` names it. A job that ends sooner costs
+    a few microseconds and no system call. `path` is None until written."""
+
+    _late: Any = None  # the jobwriter module, imported at the first job
+
+    def __enter__(self) -> track_deferred:
+        directory = ledger_dir()
+        if directory is None:
+            return self
+        if self.id is None:
+            self.id = os.urandom(8).hex()
+        late = track_deferred._late
+        if late is None:
+            from graceshell import jobwriter as late
+
+            track_deferred._late = late
+        self.pending = late.start(directory, {"id": self.id, "name": self.name, "pid": os.getpid(),
+                                              "started_at": time.time(), **self.extra})
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        pending = getattr(self, "pending", None)
+        if pending is not None:
+            self.pending = None
+            track_deferred._late.finish(pending)
+
+    @property
+    def path(self) -> str | None:  # type: ignore[override]
+        pending = getattr(self, "pending", None)
+        return pending.path if pending is not None and pending.written else None
+
+    @path.setter
+    def path(self, value: str | None) -> None:
+        pass  # track.__init__ sets it; the pending job knows its own

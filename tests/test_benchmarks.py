@@ -28,3 +28,9 @@ def test_benchmark_smoke_run(tmp_path):
     assert figures["imports on the start path (python -X importtime)"]["structlog imported after the spawn"] is True
     throughput = figures["start output throughput"]["graceshell start"]
     assert throughput["lines_whole_in_order"] == throughput["of"]
+    # The price of a job: a few no-op tasks drained bare and under graceshell, so the code cannot rot.
+    jobs = figures["the price of a job: no-op tasks drained, bare and under graceshell"]
+    assert jobs["jobs.track, us per job"] > 0
+    if "skipped" not in jobs:  # no redis-server on this machine
+        for model in ("celery solo", "rq SimpleWorker"):
+            assert jobs[model]["ratio"] > 0, jobs[model]

@@ -228,3 +228,109 @@ def test_the_written_notice_is_the_json_of_the_notice(tmp_path, monkeypatch):
         same_as_json()
     finally:
         ledger.remove()
+
+
+def test_plain_entries_skip_the_re_parse_and_read_back_as_written(tmp_path):
+    """The fast path (flat text, numbers, booleans) writes what the reader takes
+    back unchanged; anything else takes the careful path, as before."""
+    from graceshell.engine.ledger import read_entries
+    from graceshell.jobs import _encode_plain, write_entry
+
+    plain = {"id": "a/b", "name": "tasks.x", "pid": 7, "started_at": 1.5, "queue": "q", "acks_late": False,
+             "retries": None, "big": 2**70, "text": "caf\u00e9 \udc80"}
+    assert _encode_plain(plain) is not None
+    path = write_entry(str(tmp_path), plain)
+    assert os.path.basename(path) == f"{os.getpid()}-a_b.json"
+    (entry,), _ = read_entries(str(tmp_path), 2.0)
+    assert {k: entry[k] for k in ("id", "name", "pid", "queue", "acks_late", "retries", "big")} == \
+        {"id": "a/b", "name": "tasks.x", "pid": 7, "queue": "q", "acks_late": False, "retries": None, "big": 2**70}
+    assert entry["text"].startswith("caf\u00e9 \ufffd")  # a lone surrogate is repaired by the reader, as before
+    for odd in ({"id": "n", "x": float("nan")}, {"id": "t", "x": (1, 2)}, {"id": "s", "x": "y" * 70000},
+                {"id": "k", 3: "int key"}):
+        assert _encode_plain(odd) is None
+
+
+def test_deferred_entries_are_written_only_for_jobs_still_running(monkeypatch, tmp_path):
+    """The integrations' track: a short job never touches the ledger; one still
+    running after WRITE_AFTER is written by the process's writer thread;
+    `update` (the cold step marking a job interrupted) writes at once."""
+    from graceshell import jobs, jobwriter
+
+    monkeypatch.setenv("GRACESHELL_JOBS_DIR", str(tmp_path))
+    with jobs.track_deferred("quick", "tasks.quick") as quick:
+        assert quick.path is None
+    assert os.listdir(tmp_path) == []
+    with jobs.track_deferred("slow", "tasks.slow", queue="q") as slow:
+        wait_for(lambda: slow.path is not None, 5, "the slow job's entry")
+        assert slow.path is not None
+        entry = json.loads(open(slow.path).read())
+        assert (entry["id"], entry["name"], entry["queue"], entry["pid"]) == ("slow", "tasks.slow", "q", os.getpid())
+    assert os.listdir(tmp_path) == []  # removed at its end
+    cut = jobs.track_deferred("cut", "tasks.cut").__enter__()
+    jobs.update("cut", interrupted=True, requeued=True)
+    (name,) = os.listdir(tmp_path)
+    assert json.loads((tmp_path / name).read_text())["requeued"] is True
+    assert jobwriter.pending_ids() == ["cut"]
+    jobs.forget("cut")
+    assert os.listdir(tmp_path) == [] and jobwriter.pending_ids() == []
+    del cut
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_deferred_entries_in_a_forked_child_are_the_childs(monkeypatch, tmp_path):
+    """A prefork pool process or an RQ work horse: its own writer thread, none of the parent's jobs."""
+    from graceshell import jobs, jobwriter
+
+    monkeypatch.setenv("GRACESHELL_JOBS_DIR", str(tmp_path))
+    parent = jobs.track_deferred("parent-job", "x").__enter__()
+    pid = os.fork()
+    if pid == 0:  # the child: exits with its verdict
+        ok = jobwriter.pending_ids() == []
+        with jobs.track_deferred("child-job", "y"):
+            deadline = time.monotonic() + 5
+            while not any(n.endswith("child-job.json") for n in os.listdir(tmp_path)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            ok = ok and any(n.startswith(f"{os.getpid()}-child-job") for n in os.listdir(tmp_path))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    parent.__exit__(None, None, None)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_deferred_job_just_started_at_the_stop_is_named_in_the_report(graceshell, tmp_path):
+    """The stop comes a moment after the job's start, before its entry is due:
+    the job is still in flight when the kill comes, so it is in the report."""
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import signal, sys, time\n"
+        "from graceshell import jobs\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "jobs.track_deferred('job-7', 'reports.build', queue='default').__enter__()\n"
+        "open(sys.argv[1], 'w').close()\n"
+        "time.sleep(60)\n")
+    started = tmp_path / "started"
+    run = graceshell(*NONE, "--budget", "0.8s", "--", sys.executable, str(script), str(started))
+    wait_for(started.exists, 30, "the job's start")
+    run.kill(signal.SIGTERM)
+    assert run.wait() == 137
+    (job,) = run.report()["orphaned_jobs"]
+    assert (job["id"], job["name"], job["queue"]) == ("job-7", "reports.build", "default")
+
+
+def test_the_deferred_writer_parks_while_only_written_jobs_run(monkeypatch, tmp_path):
+    """A long job whose entry is written leaves the writer thread nothing to do:
+    it waits for the next job's start instead of waking (or spinning); that start wakes it."""
+    from graceshell import jobs, jobwriter
+
+    monkeypatch.setenv("GRACESHELL_JOBS_DIR", str(tmp_path))
+    monkeypatch.setattr(jobwriter, "PARK_AFTER", 0.3)
+    with jobs.track_deferred("long", "x") as long:
+        wait_for(lambda: jobwriter._writer is not None and jobwriter._writer.parked, 10, "the writer parked")
+        assert long.path is not None
+        cpu = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - cpu < 0.2  # a thread that spun would take the whole 0.5 s
+        with jobs.track_deferred("next", "y") as following:
+            wait_for(lambda: following.path is not None, 10, "the next job's entry")
+    assert os.listdir(tmp_path) == []

@@ -36,6 +36,8 @@ MAX_ORPHANS_READ = 1000
 MAX_ORPHAN_BYTES = 4 * 1024 * 1024
 # inotify(7) events that change the set of files in a directory.
 _IN_CREATE, _IN_DELETE, _IN_MOVED_FROM, _IN_MOVED_TO = 0x100, 0x200, 0x40, 0x80
+_IN_Q_OVERFLOW = 0x4000  # events were lost: anything may have changed
+_EVENT_HEADER = 16  # struct inotify_event: int wd; uint32 mask, cookie, len; then len bytes of name
 
 
 def entry_names(jobs_dir: str, ordered: bool = True) -> list[str]:
@@ -111,14 +113,32 @@ def read_entries(jobs_dir: str, now: float) -> tuple[list[dict[str, Any]], int]:
     return found, 0
 
 
-def drain(watch_fd: int) -> None:
-    """Read what a watch_directory fd holds: its events only say "look again"."""
+def drain(watch_fd: int) -> bool:
+    """Read all that a watch_directory fd holds; True when an event was about
+    a job's file, False when only writes in progress (dot-files) moved."""
+    changed = False
     while True:
         try:
-            if not os.read(watch_fd, 65536):
-                return
+            data = os.read(watch_fd, 65536)
         except OSError:  # BlockingIOError: drained
-            return
+            return changed
+        if not data:
+            return changed
+        changed = changed or _names_a_job(data)
+
+
+def _names_a_job(events: bytes) -> bool:
+    """Does any of these inotify(7) events name a file that is not a dot-file
+    (or say the queue overflowed)? Stops at the first that does: after a
+    job's temporary file comes its rename, so that is the second or third."""
+    offset = 0
+    while offset + _EVENT_HEADER <= len(events):
+        mask = int.from_bytes(events[offset + 4:offset + 8], sys.byteorder)
+        length = int.from_bytes(events[offset + 12:offset + 16], sys.byteorder)
+        if mask & _IN_Q_OVERFLOW or events[offset + _EVENT_HEADER:offset + _EVENT_HEADER + 1] != b".":
+            return True
+        offset += _EVENT_HEADER + length
+    return False
 
 
 def watch_directory(path: str) -> int | None:
@@ -207,9 +227,9 @@ class Ledger:
         self.watch_fd = watch_directory(self.jobs_dir)
         return self.watch_fd
 
-    def drain_watch(self) -> None:
-        if self.watch_fd is not None:
-            drain(self.watch_fd)
+    def drain_watch(self) -> bool:
+        """Empty the watch; True when a job's file came or went since the last drain."""
+        return drain(self.watch_fd) if self.watch_fd is not None else False
 
     def remove(self) -> None:
         for fd in (self.watch_fd, self.notice_fd):

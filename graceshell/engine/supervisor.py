@@ -2,9 +2,10 @@
 
 Everything that can wake graceshell is a file descriptor in one selector:
 the signal wakeup pipe (every caught signal, SIGCHLD included, writes its
-number there), the worker's pidfd, and an inotify watch on the job ledger.
+number there), the worker's pidfd, and an inotify watch on the job ledger
+(out of the selector for a moment after each wake: engine/busy.py).
 The only timeout is the next deadline (a ladder step, a leftover kill, the
-reap grace, a busy-state check), so an idle worker costs graceshell no
+reap grace, a look at the busy ledger), so an idle worker costs graceshell no
 wake-ups at all.
 
 All reaping happens in one place (`_reap`), so the worker's pid cannot be
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
     from structlog.typing import FilteringBoundLogger
 
+    from graceshell.engine.busy import BusyWatch
     from graceshell.engine.guard import Guard
     from graceshell.engine.summary import RepeatSummary
     from graceshell.fleet.notices import Notice
@@ -49,10 +51,6 @@ REAP_GRACE = 5.0
 # its own writes (a log line to a closed pipe after a log collector or
 # `graceshell start` died), and a forwarded SIGPIPE would kill the worker.
 _PYTHON_IGNORES = frozenset({int(signal.SIGPIPE), int(getattr(signal, "SIGXFSZ", signal.SIGPIPE))})
-BUSY_INTERVAL = 1.0  # seconds: the most often graceshell.busy is logged
-# How long the ledger must stay empty before the worker is reported idle: the
-# gap between one job and the next is no reason for an autoscaler to act.
-IDLE_SETTLE = 0.5
 # Time given to the on_orphans hook when no platform deadline bounds it.
 HOOK_TIMEOUT_WITHOUT_PLATFORM = 30.0
 # Kept free before the platform's deadline when the hook is bounded by it.
@@ -108,12 +106,9 @@ class Supervisor:
         self.killed: list[dict[str, Any]] = []
         self.survivors: list[dict[str, Any]] = []
         self.reaped_orphans = 0
-        # The job ledger, and the busy state last reported from it.
+        # The job ledger, and the busy state reported from it (made with the loop).
         self.ledger: Ledger | None = None
-        self.busy_reported = False
-        self.busy_reported_at = -BUSY_INTERVAL
-        self.busy_check_at: float | None = None
-        self.idle_since: float | None = None
+        self.busy: BusyWatch | None = None
         self.notice: dict[str, Any] | None = None
         self.sweep_at: float | None = None  # when to remove run directories dead graceshells left
         self.sweep_resume: str | None = None  # the one a sweep's batch ended in
@@ -254,11 +249,12 @@ class Supervisor:
         selector.register(wakeup, selectors.EVENT_READ)
         if self.pidfd is not None:
             selector.register(self.pidfd, selectors.EVENT_READ)
-        watch = self.ledger.watch() if self.ledger is not None else None
-        if watch is not None:
-            selector.register(watch, selectors.EVENT_READ)
-            # A job may have started while the watch was being set up.
-            self._update_busy(time.monotonic())
+        watch = None
+        if self.ledger is not None:
+            from graceshell.engine.busy import BusyWatch
+
+            self.busy = BusyWatch(self.ledger, self.log)
+            watch = self.busy.start(selector, time.monotonic())
         if self.fleet is not None:
             self.fleet.register(selector)
         self._prepare_notice()
@@ -268,12 +264,11 @@ class Supervisor:
                 if key.fd == wakeup:
                     self._drain(wakeup)
                 elif key.fd == watch:
-                    self.ledger.drain_watch()  # type: ignore[union-attr]
-                    self._update_busy(time.monotonic())
+                    self.busy.on_readable(time.monotonic())  # type: ignore[union-attr]
                 elif callable(key.data):  # the fleet's fds: served once the stop's own work is done
                     callbacks.append((key.data, events))
-            if self.busy_check_at is not None and time.monotonic() >= self.busy_check_at:
-                self._update_busy(time.monotonic())
+            if self.busy is not None:
+                self.busy.on_due(time.monotonic())
             for summary in (self.forwards, self.signal_events):
                 summary.flush_due(time.monotonic())
             if self.sweep_at is not None and (self.stop_at is not None or self.main_status is not None):
@@ -297,7 +292,8 @@ class Supervisor:
 
     def _deadlines(self) -> list[float]:
         """Every moment at which graceshell must act without being woken."""
-        due = [] if self.busy_check_at is None else [self.busy_check_at]
+        busy_due = self.busy.due() if self.busy is not None else None
+        due = [] if busy_due is None else [busy_due]  # a look at the ledger, a settle, the rate limit
         due += [s.flush_at for s in (self.forwards, self.signal_events) if s.flush_at is not None]
         if self.sweep_at is not None:
             due.append(self.sweep_at)
@@ -456,31 +452,6 @@ class Supervisor:
         self.sweep_at = time.monotonic() if self.sweep_resume is not None else None
         if removed:
             self.log.info("graceshell.stale_run_dirs", removed=removed, reason="left by graceshells that no longer exist")
-
-    # -- busy state -------------------------------------------------------------
-
-    def _update_busy(self, now: float) -> None:
-        """Log `graceshell.busy` when jobs in flight go between 0 and more, at most once a second.
-
-        Becoming busy is reported at once (an autoscaler must not scale a busy
-        worker down); becoming idle only once the ledger has stayed empty for
-        IDLE_SETTLE, so the moment between two jobs is not reported.
-        """
-        self.busy_check_at = None
-        assert self.ledger is not None
-        count = self.ledger.count()
-        busy = count > 0
-        self.idle_since = None if busy else (self.idle_since or now)
-        if busy == self.busy_reported:
-            return
-        if not busy and now - self.idle_since < IDLE_SETTLE:  # type: ignore[operator]
-            self.busy_check_at = self.idle_since + IDLE_SETTLE  # type: ignore[operator]
-            return
-        if now - self.busy_reported_at < BUSY_INTERVAL:
-            self.busy_check_at = self.busy_reported_at + BUSY_INTERVAL  # look again then
-            return
-        self.busy_reported, self.busy_reported_at = busy, now
-        self.log.info("graceshell.busy", busy=busy, jobs=count)
 
     # -- what the fleet endpoint reports ------------------------------------------
 

@@ -84,7 +84,7 @@ class Worker(_ArqWorker):
         @functools.wraps(coroutine)
         async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
             job_id = ctx.get("job_id")
-            tracker = jobs.track(job_id, function.name, queue=self.queue_name, job_try=ctx.get("job_try"))
+            tracker = jobs.track_deferred(job_id, function.name, queue=self.queue_name, job_try=ctx.get("job_try"))
             tracker.__enter__()
             cancelled_by_cold_step = False
             try:

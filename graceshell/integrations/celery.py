@@ -129,7 +129,7 @@ def _task_started(task_id: str | None = None, task: Any = None, **_: Any) -> Non
         return
     request = getattr(task, "request", None)
     delivery = getattr(request, "delivery_info", None) or {}
-    tracker = jobs.track(task_id, getattr(task, "name", None), queue=delivery.get("routing_key"),
+    tracker = jobs.track_deferred(task_id, getattr(task, "name", None), queue=delivery.get("routing_key"),
                          acks_late=bool(getattr(task, "acks_late", False)),
                          retries=getattr(request, "retries", None))
     _running[task_id] = tracker.__enter__()

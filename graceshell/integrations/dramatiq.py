@@ -119,8 +119,8 @@ class GraceshellMiddleware(Middleware):
     def before_process_message(self, broker: Any, message: Any) -> None:
         if self._stopping and self._give_back(message):
             raise SkipMessage  # acknowledged by Dramatiq next, which does not touch a requeued message
-        tracker = jobs.track(message.message_id, message.actor_name, queue=message.queue_name,
-                             retries=message.options.get("retries", 0)).__enter__()
+        tracker = jobs.track_deferred(message.message_id, message.actor_name, queue=message.queue_name,
+                                      retries=message.options.get("retries", 0)).__enter__()
         with self._lock:
             self._running[message.message_id] = (message, tracker)
 

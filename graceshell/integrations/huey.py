@@ -123,7 +123,7 @@ class _Ledger:
         if not shutdown.under_graceshell():
             return
         if huey_signal == huey_signals.SIGNAL_EXECUTING:
-            tracker = jobs.track(task.id, task.name, queue=self.huey.name, retries=task.retries).__enter__()
+            tracker = jobs.track_deferred(task.id, task.name, queue=self.huey.name, retries=task.retries).__enter__()
             with self.lock:
                 self.running[task.id] = tracker
         elif huey_signal == huey_signals.SIGNAL_INTERRUPTED:

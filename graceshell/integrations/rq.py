@@ -95,7 +95,7 @@ class WorkerMixin:
         super()._install_signal_handlers()  # type: ignore[misc]
 
     def perform_job(self, job: Any, queue: Any, *args: Any, **kwargs: Any) -> Any:
-        tracker = jobs.track(job.id, job.func_name, queue=queue.name)
+        tracker = jobs.track_deferred(job.id, job.func_name, queue=queue.name)
         tracker.__enter__()
         perform = job.perform
 
@@ -162,12 +162,16 @@ class WorkerMixin:
         thread had already read the first) the one that lets it end; as much
         outside graceshell as under it."""
         thread = getattr(self, "pubsub_thread", None)
-        if thread is not None:
-            try:
-                thread.stop(timeout=0)  # redis-py 8: clear the flag, do not wait
-            except TypeError:
-                thread.stop()  # older redis-py: stop() never waited
-        super().unsubscribe()  # type: ignore[misc]
+        if not thread:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)  # type: ignore[attr-defined]
+        try:
+            thread.stop(timeout=0)  # redis-py 8: clear the running flag, do not wait yet
+        except TypeError:
+            thread.stop()  # redis-py before 8: it only clears the flag
+        self.pubsub.unsubscribe()  # type: ignore[attr-defined]  # the reply wakes the thread, which sees the flag and ends
+        thread.join(timeout=1)
+        self.pubsub.close()  # type: ignore[attr-defined]
 
     def _cold_log(self, job: Any, action: str) -> None:
         self.graceshell_log.warning("graceshell.rq.cold_shutdown", job=job.id if job is not None else None,
