@@ -39,8 +39,28 @@ consumer.py, celery/worker/request.py, celery/concurrency/*.py, billiard/pool.py
   (solo, threads: their pools cannot cancel, and the error lands in the
   task).
 
+- Prefetched tasks that no slot has started (Celery's reserved requests:
+  waiting for prefork's semaphore or its outbound buffer, the threads
+  pool's executor queue, a greenlet waiting for a slot) go back to the
+  queue at the warm stop, directly, when Celery's consumer closes
+  (Consumer.on_close). Celery itself forgets them there and leaves their
+  messages to its closing connection, which a KILL during a cold shutdown
+  longer than its reserve never reaches: they sat in Redis's unacked hash
+  for the visibility timeout (1 h), unreported. A message that cannot go
+  back is put in the ledger, so the report names it.
+- After the stop no task starts. In the threads, gevent and eventlet pools
+  the slot that takes a task calls the request's accept callback first, in
+  the task's own thread or greenlet: there, once graceshell's stop notice
+  exists, the task is given back and not run (its early ack comes in that
+  same callback, so it has not been made). Prefork's pool processes start
+  a task before the main process hears of it; what holds them back is that
+  nothing waiting is left to hand them after the warm stop.
+
 Other tasks without acks_late are acknowledged when they start; a cold
-shutdown cannot give them back. They stay in the ledger and are reported by id.
+shutdown cannot give them back. They stay in the ledger and are reported by
+id. Republishing them at the cold step was left out: the threads and solo
+pools cannot stop the task they cancel, which could then both complete and
+run again.
 Outside graceshell nothing changes but a dictionary lookup per task.
 """
 
