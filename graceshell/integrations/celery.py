@@ -39,8 +39,28 @@ consumer.py, celery/worker/request.py, celery/concurrency/*.py, billiard/pool.py
   (solo, threads: their pools cannot cancel, and the error lands in the
   task).
 
+- Prefetched tasks that no slot has started (Celery's reserved requests:
+  waiting for prefork's semaphore or its outbound buffer, the threads
+  pool's executor queue, a greenlet waiting for a slot) go back to the
+  queue at the warm stop, directly, when Celery's consumer closes
+  (Consumer.on_close). Celery itself forgets them there and leaves their
+  messages to its closing connection, which a KILL during a cold shutdown
+  longer than its reserve never reaches: they sat in Redis's unacked hash
+  for the visibility timeout (1 h), unreported. A message that cannot go
+  back is put in the ledger, so the report names it.
+- After the stop no task starts. In the threads, gevent and eventlet pools
+  the slot that takes a task calls the request's accept callback first, in
+  the task's own thread or greenlet: there, once graceshell's stop notice
+  exists, the task is given back and not run (its early ack comes in that
+  same callback, so it has not been made). Prefork's pool processes start
+  a task before the main process hears of it; what holds them back is that
+  nothing waiting is left to hand them after the warm stop.
+
 Other tasks without acks_late are acknowledged when they start; a cold
-shutdown cannot give them back. They stay in the ledger and are reported by id.
+shutdown cannot give them back. They stay in the ledger and are reported by
+id. Republishing them at the cold step was left out: the threads and solo
+pools cannot stop the task they cancel, which could then both complete and
+run again.
 Outside graceshell nothing changes but a dictionary lookup per task.
 """
 
@@ -142,6 +162,44 @@ def _task_finished(task_id: str | None = None, **_: Any) -> None:
         tracker.__exit__(None, None, None)
 
 
+class _GivenBack(Exception):
+    """Raised where a pool slot would start a request after the stop: its message is back in the
+    queue, and the pool's runner (celery.concurrency.base.apply_target) must not run the task."""
+
+
+@signals.task_received.connect(weak=False)
+def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    """In the main process, for every request before Celery hands it to its pool. Where a thread or
+    greenlet of this process runs it (threads, gevent, eventlet), the slot that takes it calls its
+    accept callback first, and only then the task: there, once a stop has begun, the request goes
+    back to the queue instead of starting (its early ack comes in that callback, so it has not been
+    made). Prefork's callback runs here, once a pool process has already started the task; solo's
+    in the consumer's own loop, which stops taking messages at the warm stop."""
+    if request is None or not shutdown.under_graceshell() or not _slots_beside_the_consumer(sender):
+        return
+    accept = request.on_accepted
+
+    def on_accepted(pid: int, time_accepted: float) -> None:
+        if shutdown.requested():
+            if not request.acknowledged:  # not yet given back at the warm stop
+                # Celery's reject, which the threads pool hands to the event loop's thread.
+                request.reject(requeue=True)
+                _log().warning("graceshell.celery.unstarted_requeued", pid=os.getpid(), when="after the stop",
+                               requeued=[request.id], not_requeued=[])
+            raise _GivenBack(request.id)  # re-raised by apply_target: the task does not run
+        accept(pid, time_accepted)
+
+    request.on_accepted = on_accepted
+
+
+def _slots_beside_the_consumer(consumer: Any) -> bool:
+    """True for the pools whose tasks run in this process beside the consumer: threads, gevent, eventlet."""
+    from celery.concurrency.thread import TaskPool
+
+    pool = getattr(consumer, "pool", None)
+    return isinstance(pool, TaskPool) or bool(getattr(pool, "is_green", False))
+
+
 @signals.worker_ready.connect(weak=False)
 def _worker_ready(sender: Any = None, **_: Any) -> None:
     """In the main process, once the consumer runs: fit its cold shutdown to graceshell's plan."""
@@ -152,6 +210,44 @@ def _worker_ready(sender: Any = None, **_: Any) -> None:
         controller.wait_for_soft_shutdown = _soft_shutdown_within_the_budget(controller)
     if hasattr(sender, "cancel_active_requests"):
         sender.cancel_active_requests = _cancel_and_give_back(sender)
+    blueprint = getattr(sender, "blueprint", None)
+    if getattr(blueprint, "on_close", None) is not None:
+        blueprint.on_close = _give_back_before_close(sender, blueprint.on_close)
+
+
+def _give_back_before_close(consumer: Any, on_close: Any) -> Any:
+    """Celery's consumer, at the warm stop (Consumer.on_close), forgets its prefetched requests that
+    no slot started and leaves their messages to its closing connection, which a KILL during a long
+    cold shutdown never reaches: they would wait in Redis's unacked hash for the visibility timeout,
+    unreported. They go back to the queue first, at once; then none of them can start later."""
+
+    def give_back_and_close() -> None:
+        from celery.worker import state
+
+        _give_back_unstarted(_startable_no_more(consumer, tuple(state.reserved_requests)), "warm stop")
+        on_close()
+
+    return give_back_and_close
+
+
+def _startable_no_more(consumer: Any, requests: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Those of `requests` that no slot can start once their message is back in the queue. In the
+    threads, gevent and eventlet pools, any: the slot's accept callback holds them back (see
+    _task_received). In prefork, those not yet written to a pool process: waiting for a free slot
+    (Celery's semaphore, not yet handed to the pool) or in the pool's outbound buffer; Celery's
+    close (Consumer.on_close) drops both, right after. Solo holds none: it runs each as it comes."""
+    if _slots_beside_the_consumer(consumer):
+        return requests
+
+    def unwritten(request: Any) -> bool:
+        reference = getattr(request, "_apply_result", None)
+        if reference is None:
+            return True  # waiting for the semaphore
+        job = reference()
+        return (job is not None and getattr(job, "_write_to", True) is None
+                and getattr(job, "_scheduled_for", True) is None)
+
+    return tuple(request for request in requests if unwritten(request))
 
 
 def _soft_shutdown_within_the_budget(controller: Any) -> Any:
@@ -202,6 +298,10 @@ def _cancel_and_give_back(consumer: Any) -> Any:
     def give_back_and_cancel() -> None:
         from celery.worker import state
 
+        # First, at once, any prefetched request no slot has started (the warm
+        # stop gave back those it found): Celery leaves them to its closing
+        # connection, which a KILL during a long cold shutdown never reaches.
+        _give_back_unstarted(_startable_no_more(consumer, tuple(state.reserved_requests)), "cold step")
         # The requests Celery cancels (Consumer.cancel_active_requests): all
         # but the acks_late ones already acknowledged. Those whose message the
         # broker still holds for this worker go back: acks_late ones, and
@@ -233,6 +333,34 @@ def _cancel_and_give_back(consumer: Any) -> Any:
             cancel()
 
     return cancel_active_requests
+
+
+def _give_back_unstarted(requests: tuple[Any, ...], when: str) -> None:
+    """Back to the queue, now, each of `requests` that no slot has started and whose message the
+    broker still holds for this worker; one that cannot go back is put in the ledger, so the report
+    names it. Celery's own Request.reject would only schedule the reject on its event loop, which
+    has stopped turning once the worker is stopping: the message is rejected here, directly."""
+    unstarted = [request for request in requests if request.time_start is None and not request.acknowledged]
+    if not unstarted:
+        return
+    kept = []
+    for request in unstarted:
+        if request.acknowledged:
+            # A slot's gate gave it back meanwhile (gevent, eventlet: a reject
+            # here waits on the broker, and other greenlets run).
+            continue
+        message = request.message
+        try:
+            message.reject(requeue=True)
+        except Exception:  # noqa: BLE001 - a broker error, or eventlet's "no blocking call from the hub"
+            kept.append(request)
+            jobs.track(request.id, request.name, queue=(request.delivery_info or {}).get("routing_key"),
+                       started=False, requeued=False).__enter__()
+        else:
+            request.acknowledged = True  # Celery neither acks nor rejects it again
+    _log().warning("graceshell.celery.unstarted_requeued", pid=os.getpid(), when=when,
+                   requeued=[request.id for request in unstarted if request not in kept],
+                   not_requeued=[request.id for request in kept])
 
 
 def _ack_not_sent(request: Any) -> bool:
