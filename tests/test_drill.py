@@ -17,18 +17,24 @@ def drill(tmp: Path, *args: str, timeout: float = 60) -> tuple[int, dict, str]:
     return proc.returncode, json.loads(proc.stdout) if proc.stdout.startswith("{") else {}, proc.stderr
 
 
+def ready(tmp: Path) -> list[str]:
+    """Stop once tests/worker.py has its handlers: a stop at a fixed time can
+    come first on a loaded machine, and a worker meant to ignore TERM dies of it."""
+    return ["--when-ready", str(tmp / "ready.json")]
+
+
 def test_a_bare_stubborn_worker_needs_the_platforms_sigkill(tmp_path):
-    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "1s", "--after", "0.5s",
+    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "1s", *ready(tmp_path),
                               "--no-wrap", "--", sys.executable, WORKER, str(tmp_path), "--child", "--ignore", "TERM")
     assert code == 1, err
     assert result["survived"] is False and result["broadcast"] == "pid1" and result["wrapped"] is False
-    ready = json.loads((tmp_path / "ready.json").read_text())
-    assert {p["pid"] for p in result["platform_killed"]} >= {ready["pid"], ready["child"]}
-    assert not alive(ready["child"])
+    started = json.loads((tmp_path / "ready.json").read_text())
+    assert {p["pid"] for p in result["platform_killed"]} >= {started["pid"], started["child"]}
+    assert not alive(started["child"])
 
 
 def test_a_job_that_does_not_fit_is_named_in_the_verdict(tmp_path):
-    code, result, err = drill(tmp_path, "--platform", "heroku", "--platform-timeout", "2s", "--after", "0.5s",
+    code, result, err = drill(tmp_path, "--platform", "heroku", "--platform-timeout", "2s", *ready(tmp_path),
                               "--", sys.executable, WORKER, str(tmp_path), "--job", "j-7:reports.build",
                               "--ignore", "TERM")
     assert code == 1, err
@@ -48,7 +54,7 @@ def test_the_demo_worker_survives_a_heroku_stop(tmp_path):
 def test_a_worker_that_needs_graceshells_sigkill_did_not_survive(tmp_path):
     # It ignores TERM: only the KILL at the budget ends it, and whatever it
     # was doing outside the ledger died with it.
-    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "3s", "--after", "0.5s",
+    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "3s", *ready(tmp_path),
                               "--", sys.executable, WORKER, str(tmp_path), "--child", "--ignore", "TERM")
     assert code == 1, err
     assert result["survived"] is False and result["platform_killed"] == [] and result["outcome"] == "killed"
@@ -59,7 +65,7 @@ def test_a_worker_that_needs_graceshells_sigkill_did_not_survive(tmp_path):
 
 def test_text_timeline_of_a_stop(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "graceshell", "drill", "--platform", "heroku", "--platform-timeout",
-                           "4s", "--after", "0.5s", "--preset", "celery", "--", sys.executable, WORKER,
+                           "4s", *ready(tmp_path), "--preset", "celery", "--", sys.executable, WORKER,
                            str(tmp_path), "--job", "j-9:reports.build", "--ignore", "TERM", "--exit-on", "QUIT"],
                           cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
@@ -139,7 +145,7 @@ def test_an_event_that_lands_inside_a_worker_line_is_still_read(tmp_path):
 
 def test_a_second_signal_at_0s_is_part_of_the_warm_shutdown_not_the_cold_one(tmp_path):
     """A ladder like Sidekiq's old TSTP-then-TERM sends both at 0s: neither is the cold shutdown."""
-    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "5s", "--after", "0.5s",
+    code, result, err = drill(tmp_path, "--platform", "docker", "--platform-timeout", "5s", *ready(tmp_path),
                               "--ladder", "TSTP@0s,TERM@0s", "--", sys.executable, WORKER, str(tmp_path),
                               "--ignore", "TSTP", "--exit-on", "TERM")
     assert code == 0, err

@@ -132,8 +132,8 @@ def test_start_inside_examples_runs_the_demo_and_a_ctrl_c_stops_it(tmp_path: Pat
     text = output.read_text()
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert "stopped cleanly" in text, text
-    reports = [json.loads(line.split(" | ", 1)[1]) for line in text.splitlines()
-               if '"graceshell.exit"' in line and " | " in line]
+    # Under start every graceshell event is a JSON line of its own, the process a key.
+    reports = [json.loads(line) for line in text.splitlines() if line.startswith("{") and '"graceshell.exit"' in line]
     assert [(report["process"], report["outcome"], report["exit_code"]) for report in reports] == \
         [("worker.1", "clean", 0)], text
 

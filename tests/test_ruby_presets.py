@@ -49,12 +49,13 @@ def test_check_delayed_job_says_how_to_run_several_workers(tmp_path):
                               "one: bin/delayed_job run\n"
                               "rake: bundle exec rake jobs:work\n",
                     "--preset", "delayed_job", "--platform", "docker")
-    (warning,) = [w for w in entries["daemons"]["warnings"] if "delayed_job" in w]
-    assert "daemonizes its workers" in warning and "one worker per process" in warning, warning
-    (warning,) = [w for w in entries["in_turn"]["warnings"] if "delayed_job" in w]
-    assert "one after another" in warning and "one worker per process" in warning, warning
+    # (bin/delayed_job is not on PATH here either: that warning is check's own, and not counted)
+    (warning,) = [w for w in entries["daemons"]["warnings"] if "one worker per process" in w]
+    assert "daemonizes its workers" in warning, warning
+    (warning,) = [w for w in entries["in_turn"]["warnings"] if "one worker per process" in w]
+    assert "one after another" in warning, warning
     for name in ("one", "rake"):
-        assert not [w for w in entries[name]["warnings"] if "delayed_job" in w], entries[name]["warnings"]
+        assert not [w for w in entries[name]["warnings"] if "one worker per process" in w], entries[name]["warnings"]
 
 
 @pytest.mark.parametrize("preset", ["sidekiq", "delayed_job"])
