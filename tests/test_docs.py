@@ -122,3 +122,34 @@ def test_the_events_named_in_the_logs_page_exist() -> None:
     named = set(re.findall(r"`(graceshell\.[a-z_.]+)`", (DOCS / "logs.md").read_text()))
     assert named
     assert not [event for event in sorted(named) if f'"{event}"' not in source]
+
+
+def documented_command_lines() -> list[tuple[str, str]]:
+    """Every concrete `graceshell run|drill ... -- COMMAND` line the README and
+    the pages show (in a code block or inline), as (page, line); usage
+    synopses (OPTIONS, COMMAND, <framework>) are not command lines."""
+    found = []
+    for page in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = page.read_text()
+        candidates = re.findall(r"`(graceshell (?:run|drill) [^`\n]*)`", text)
+        candidates += [m.group(1) for block in fenced_blocks(text) for line in block.splitlines()
+                       if (m := re.search(r"(graceshell (?:run|drill) .*)$", line))]
+        for line in candidates:
+            line = re.sub(r"\s+#.*$", "", line).strip().rstrip('"')
+            if " -- " in line and not re.search(r"OPTIONS|COMMAND|CMD|<", line):
+                found.append((page.name, line))
+    return found
+
+
+@pytest.mark.parametrize("page, line", documented_command_lines())
+def test_every_documented_command_line_passes_check(page: str, line: str) -> None:
+    """What the docs tell a user to type is accepted as written: the same
+    options, given to `graceshell check`, raise no error."""
+    import shlex
+
+    words = shlex.split(line)
+    options, command = words[2:words.index("--")], words[words.index("--"):]
+    proc = run_cli("check", "--json", *options, *command)
+    assert proc.returncode == 0, f"{page}: {line}\n{proc.stderr}"
+    (process,) = json.loads(proc.stdout)["processes"]
+    assert process["errors"] == [], f"{page}: {line}"
