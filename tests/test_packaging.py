@@ -211,9 +211,13 @@ def test_the_rq_worker_class_imports(installed: Installed) -> None:
 
 
 PACKAGING_JOBS = """
-import os
+import os, time
 
 def ledger():
+    # The integrations write a job's entry once it has run 0.2 s (jobwriter.WRITE_AFTER).
+    deadline = time.monotonic() + 10
+    while not os.listdir(os.environ["GRACESHELL_JOBS_DIR"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return sorted(os.listdir(os.environ["GRACESHELL_JOBS_DIR"]))
 """
 
