@@ -32,6 +32,16 @@ MAX_NOTICE = 64 * 1024
 # (path, notice) once graceshell has escalated: nothing later changes it.
 _escalated_notice: tuple[str, dict[str, Any]] | None = None
 
+if os.environ.get(SHUTDOWN_FILE_ENV):
+    # A process graceshell started: the integrations read the notice inside
+    # signal handlers, and a handler must never import. A TERM that arrived
+    # while another handler was importing the reader found the module half
+    # made (ImportError), and the Dramatiq worker process died with its
+    # messages. graceshell's own process, before its spawn, pays nothing.
+    import json  # noqa: F401 - the reader's parser, loaded here for the same reason
+
+    from graceshell import jsonfile  # noqa: F401
+
 
 def notice() -> dict[str, Any] | None:
     """The shutdown notice, or None before a stop (or outside graceshell).

@@ -1,6 +1,7 @@
 """The Celery and RQ integrations record real tasks, on a real redis-server."""
 
 import json
+import subprocess
 import os
 import signal
 import sys
@@ -122,3 +123,16 @@ def test_an_rq_worker_leaving_does_not_wait_on_its_pubsub_thread(redis_url):
     left = threading.Event()
     threading.Thread(target=lambda: (worker.unsubscribe(), left.set()), daemon=True).start()
     assert left.wait(10), "the worker's unsubscribe waited on its pubsub thread"
+
+
+def test_a_worker_under_graceshell_can_read_the_notice_without_importing():
+    """The integrations read the shutdown notice in signal handlers; a TERM that
+    came while another handler imported the reader found it half made, and the
+    worker process died (seen in a Dramatiq worker process). Under graceshell the
+    reader is loaded with `graceshell.shutdown`; graceshell's own process is not."""
+    probe = "import sys, graceshell.shutdown; print('graceshell.jsonfile' in sys.modules and 'json' in sys.modules)"
+    under = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "GRACESHELL_SHUTDOWN_FILE": "/nonexistent/shutdown.json"})
+    outside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30,
+                             env={k: v for k, v in os.environ.items() if k != "GRACESHELL_SHUTDOWN_FILE"})
+    assert (under.stdout.strip(), outside.stdout.strip()) == ("True", "False"), under.stderr + outside.stderr

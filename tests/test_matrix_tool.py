@@ -38,7 +38,7 @@ def test_cells_judged_per_stop_model_and_fate(tmp_path):
     ])
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith(("| celery | solo", "| celery | threads"))]
-    assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["better", "better", "same"]
+    assert [line.rsplit("|", 2)[1].strip() for line in lines] == ["better", "better", "better"]
     assert "(platform SIGKILL)" in lines[1]
     assert "| celery | 20 s | 20 s | 5 s | 5 s | 2 s |" in out.stdout  # usable grace, from check
 
@@ -52,3 +52,15 @@ def test_write_replaces_only_the_marked_block(tmp_path):
     text = page.read_text()
     assert text.startswith("# Survival\n\nbefore\n<!-- survival-matrix:begin -->\n") and text.endswith("end -->\nafter\n")
     assert "old" not in text and "| celery | solo |" in text
+
+
+def test_a_waiting_job_left_queued_is_not_worse_than_one_a_bare_worker_started(tmp_path):
+    """After the stop the worker starts no new job: bare delayed_job's next
+    worker took the waiting job and finished it by luck; left queued is the rule."""
+    out = judge(tmp_path, [row("bare", short="completed", waiting="completed"),
+                           row("graceshell + preset", short="completed", waiting="queued"),
+                           row("bare", "group", backlog="14 queued"),
+                           row("graceshell + preset", "group", backlog="5 queued, 9 unacked (back after 1 h)")])
+    assert out.returncode == 1
+    lines = [line for line in out.stdout.splitlines() if line.startswith("| celery | solo")]
+    assert lines[0].endswith("| same |") and lines[1].endswith("| **WORSE**: backlog |"), lines

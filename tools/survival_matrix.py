@@ -34,11 +34,13 @@ TESTS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*su
 EXPORT_ENV = "GRACESHELL_SURVIVAL_EXPORT"  # tests/conftest.py writes the rows there
 BEGIN, END = "<!-- survival-matrix:begin -->", "<!-- survival-matrix:end -->"
 
-# What a job's fate is worth to its owner, best first: a job that completed,
-# a job safe in its queue (it never started, or went back at once), a job
-# that comes back only after a timeout, and a job that is gone.
-# A fate may say more after its first word ("queued (never started)").
-FATE_RANK = {"completed": 3, "requeued": 2, "queued": 2, "rescheduled": 2}
+# What a job's fate is worth to its owner, best first. A job that completed,
+# and a job that never started and is still safe in its queue: the rule is
+# that after the stop the worker starts no new job, so a waiting job a bare
+# worker happened to start and finish was a risk taken, not a better fate.
+# Then a job given back to its queue at once (its work so far lost), one that
+# comes back only after a timeout, and one that is gone.
+FATE_RANK = {"completed": 3, "queued": 3, "requeued": 2, "rescheduled": 2}
 DELAYED = ("unacked", "stuck", "retry", "scheduled", "locked")
 ROW_KEYS = ("framework", "model", "broadcast", "setup", "platform_sigkill")
 STOP_MODELS = {"all": "every process", "group": "PID 1 / group"}
@@ -50,10 +52,20 @@ PRESETS = ["celery", "rq", "dramatiq", "huey", "arq", "sidekiq", "delayed_job"]
 
 
 def fate_rank(fate: str) -> int:
-    first = fate.split(" ", 1)[0].strip(",:")
+    """The worst part of `fate`: "completed", "queued (never started)", or a
+    count of each for a group of jobs ("5 queued, 9 unacked (...)")."""
+    return min(_part_rank(part.strip()) for part in fate.split(", "))
+
+
+def _part_rank(part: str) -> int:
+    words = part.split(" ")
+    if len(words) > 1 and words[0].isdigit():  # "9 unacked ...": a count of jobs
+        words = words[1:]
+    part = " ".join(words)
+    first = words[0].strip(",:")
     if first in FATE_RANK:
         return FATE_RANK[first]
-    return 1 if fate.startswith(DELAYED) else 0
+    return 1 if part.startswith(DELAYED) else 0
 
 
 def run_matrix(pytest_args: list[str]) -> tuple[list[dict[str, Any]], int]:
@@ -144,7 +156,11 @@ def main() -> int:
     parser.add_argument("-k", metavar="EXPR", help="only the cells whose test matches (pytest's -k)")
     args = parser.parse_args()
     if args.rows is not None:
-        rows, status = json.loads(args.rows.read_text()), 0
+        try:
+            rows, status = json.loads(args.rows.read_text()), 0
+        except (OSError, ValueError) as exc:
+            print(f"survival_matrix: --rows {args.rows}: {exc}", file=sys.stderr)
+            return 2
     else:
         rows, status = run_matrix(["-k", args.k] if args.k else [])
     if not rows:
