@@ -74,8 +74,8 @@ _FINISHED = frozenset({huey_signals.SIGNAL_COMPLETE, huey_signals.SIGNAL_ERROR, 
 # How long a worker that put a task back waits before it looks again: the
 # consumer sets its stop flag within 0.1 s of the signal (Consumer.loop).
 _RECHECK_S = 0.2
-
-
+# Set by the consumer's signal handler at graceshell's stop (or the platform's).
+_stop_seen = False
 
 
 class Consumer(_HueyConsumer):
@@ -85,8 +85,10 @@ class Consumer(_HueyConsumer):
     _graceful_stop_under_way = False
 
     def _handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        global _stop_seen
         if not shutdown.under_graceshell() or signum == getattr(signal, "SIGHUP", None):
             return super()._handle_signal(signum, frame)
+        _stop_seen = True  # before anything else: a worker thread may be dequeuing now
         name = signal_name(signum)
         if shutdown.escalated():
             _log().warning("graceshell.huey.cold_shutdown", signal=name,
@@ -116,23 +118,19 @@ class _Ledger:
 
     def __init__(self, huey: Any) -> None:
         self.huey = huey
-        self.lock = threading.Lock()
+        # Each task's tracker, by id. Called for every task, so no lock: a
+        # dict's set and pop are atomic (the GIL; greenlets switch only on I/O).
         self.running: dict[str, jobs.track] = {}
 
     def __call__(self, huey_signal: str, task: Any, *args: Any, **kwargs: Any) -> None:
-        if not shutdown.under_graceshell():
-            return
         if huey_signal == huey_signals.SIGNAL_EXECUTING:
             tracker = jobs.track_deferred(task.id, task.name, queue=self.huey.name, retries=task.retries).__enter__()
-            with self.lock:
-                self.running[task.id] = tracker
+            self.running[task.id] = tracker
         elif huey_signal == huey_signals.SIGNAL_INTERRUPTED:
-            with self.lock:
-                self.running.pop(task.id, None)  # the entry stays for the report
+            self.running.pop(task.id, None)  # the entry stays for the report
             self.requeue(task)
         elif huey_signal in _FINISHED:
-            with self.lock:
-                tracker = self.running.pop(task.id, None)
+            tracker = self.running.pop(task.id, None)
             if tracker is not None:
                 tracker.__exit__(None, None, None)
 
@@ -172,10 +170,16 @@ def _no_task_after_the_stop(huey: Any) -> None:
     read_timeout) and runs what it gets, even when the stop came meanwhile:
     from graceshell's stop on, a task dequeued goes back to the queue."""
     dequeue = huey.dequeue
+    notice = os.environ[shutdown.SHUTDOWN_FILE_ENV]  # what shutdown.requested() stats
+    consumer_pid = os.getpid()
 
     def dequeue_unless_stopping() -> Any:
         task = dequeue()
-        if task is None or not shutdown.requested():
+        # Thread and greenlet workers share the consumer's process: its signal
+        # handler's flag says it, for a dict lookup. A process worker looks
+        # for graceshell's notice (a stat: 3 % of a no-op task's time, so not
+        # where the flag can answer).
+        if task is None or (not _stop_seen and (os.getpid() == consumer_pid or not os.path.exists(notice))):
             return task
         huey.enqueue(task)  # at the back of the queue: Huey has no way to put it at the front
         _log().info("graceshell.huey.not_started", task=task.id, name=task.name,
@@ -188,8 +192,8 @@ def _no_task_after_the_stop(huey: Any) -> None:
 
 def install(huey: Any) -> Any:
     """Give `huey` graceshell's consumer, ledger and requeue; returns it."""
-    huey.signal()(_Ledger(huey))
-    if shutdown.under_graceshell():
+    if shutdown.under_graceshell():  # outside graceshell, nothing is added to a task's path
+        huey.signal()(_Ledger(huey))
         _no_task_after_the_stop(huey)
     huey.on_startup("graceshell")(_shield_process_worker)
     huey.create_consumer = lambda **options: Consumer(huey, **options)
