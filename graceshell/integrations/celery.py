@@ -194,10 +194,16 @@ def _task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 def _slots_beside_the_consumer(consumer: Any) -> bool:
     """True for the pools whose tasks run in this process beside the consumer: threads, gevent, eventlet."""
+    return _pool_runs_beside(type(getattr(consumer, "pool", None)))
+
+
+@functools.cache
+def _pool_runs_beside(pool_type: type) -> bool:
+    """Asked for every task: answered once per pool class (the import and the class checks were
+    a percent of a no-op task's time)."""
     from celery.concurrency.thread import TaskPool
 
-    pool = getattr(consumer, "pool", None)
-    return isinstance(pool, TaskPool) or bool(getattr(pool, "is_green", False))
+    return issubclass(pool_type, TaskPool) or bool(getattr(pool_type, "is_green", False))
 
 
 @signals.worker_ready.connect(weak=False)
