@@ -201,11 +201,8 @@ class track:  # noqa: N801 - used like a function: `with jobs.track(...)`
         directory = ledger_dir()
         if directory is None:
             return self
-        if self.id is None:
-            self.id = os.urandom(8).hex()
-        entry = {"id": self.id, "name": self.name, "pid": os.getpid(), "started_at": time.time(), **self.extra}
         try:
-            self.path = write_entry(directory, entry)
+            self.path = write_entry(directory, self._entry())
         except OSError:
             self.path = None  # the ledger is a report, never a reason for a job to fail
         return self
@@ -218,6 +215,12 @@ class track:  # noqa: N801 - used like a function: `with jobs.track(...)`
             except OSError:
                 pass
             self.path = None
+
+    def _entry(self) -> dict[str, Any]:
+        """The job's entry as it starts (a new id when none was given)."""
+        if self.id is None:
+            self.id = os.urandom(8).hex()
+        return {"id": self.id, "name": self.name, "pid": os.getpid(), "started_at": time.time(), **self.extra}
 
     def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
         import functools
@@ -245,15 +248,12 @@ class track_deferred(track):  # noqa: N801
         directory = ledger_dir()
         if directory is None:
             return self
-        if self.id is None:
-            self.id = os.urandom(8).hex()
         late = track_deferred._late
         if late is None:
             from graceshell import jobwriter as late
 
             track_deferred._late = late
-        self.pending = late.start(directory, {"id": self.id, "name": self.name, "pid": os.getpid(),
-                                              "started_at": time.time(), **self.extra})
+        self.pending = late.start(directory, self._entry())
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

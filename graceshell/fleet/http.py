@@ -118,12 +118,7 @@ class Endpoint:
     def close(self) -> None:
         for fd in list(self.connections):
             self._close(fd)
-        if self.selector is not None:
-            try:
-                self.selector.unregister(self.listener)
-            except (KeyError, ValueError):
-                pass
-        self.listener.close()
+        self._unregister_and_close(self.listener)
 
     # -- events ---------------------------------------------------------------------
 
@@ -202,9 +197,12 @@ class Endpoint:
         conn = self.connections.pop(fd, None)
         if conn is None:
             return
+        self._unregister_and_close(conn.sock)
+
+    def _unregister_and_close(self, sock: socket.socket) -> None:
         if self.selector is not None:
             try:
-                self.selector.unregister(conn.sock)
-            except (KeyError, ValueError):
+                self.selector.unregister(sock)
+            except (KeyError, ValueError):  # never registered, or the selector is closed
                 pass
-        conn.sock.close()
+        sock.close()
