@@ -45,15 +45,8 @@ APPS = {
         import os
         from redis import Redis
         from rq import Queue
-        from rq.worker import SimpleWorker
-        from graceshell import jobs
         def noop():
             pass
-        class TrackedSimpleWorker(SimpleWorker):
-            # graceshell's RQ Worker wraps perform_job the same way, in its work horse.
-            def perform_job(self, job, queue, *args, **kwargs):
-                with getattr(jobs, "track_deferred", jobs.track)(job.id, job.func_name, queue=queue.name):
-                    return super().perform_job(job, queue, *args, **kwargs)
         def enqueue(count):
             queue = Queue("bench", connection=Redis.from_url(os.environ["REDIS_URL"]))
             with queue.connection.pipeline() as pipe:
@@ -97,7 +90,7 @@ MODELS = (
      ["celery", "-A", "bench_celery", "worker", "-P", "prefork", "-c", "1", "--loglevel", "WARNING",
       "--without-mingle", "--without-gossip", "--without-heartbeat"]),
     ("rq SimpleWorker", "rq", "bench_rq",
-     ["rq", "worker", "-w", "bench_rq.TrackedSimpleWorker", "--logging_level", "WARNING", "bench"]),
+     ["rq", "worker", "-w", "graceshell.integrations.rq.SimpleWorker", "--logging_level", "WARNING", "bench"]),
     ("dramatiq -p 1 -t 1", "dramatiq", "bench_dramatiq",
      ["dramatiq", "bench_dramatiq", "graceshell.integrations.dramatiq", "--processes", "1", "--threads", "1"]),
     ("huey -w 1", "huey", "bench_huey",
