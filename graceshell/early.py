@@ -74,9 +74,16 @@ def release() -> None:
         return
     read_fd, write_fd = _pipe
     _pipe = None
-    signal.set_wakeup_fd(-1)
-    for signum, handler in _previous.items():
-        signal.signal(signum, handler)  # type: ignore[arg-type]
+    # Blocked while the pipe goes and the old handlers come back: one arriving
+    # in between would run the recorder with nowhere to write. It waits, and
+    # reaches the restored handler when unblocked.
+    signal.pthread_sigmask(signal.SIG_BLOCK, RECORDED)
+    try:
+        signal.set_wakeup_fd(-1)
+        for signum, handler in _previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RECORDED)
     _previous.clear()
     recorded = b""
     while True:

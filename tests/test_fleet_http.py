@@ -6,6 +6,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -242,3 +245,34 @@ def test_the_kubernetes_example_probes_graceshells_own_endpoint(tmp_path):
     probe = container["livenessProbe"]["httpGet"]
     assert probe["path"] == "/livez" and ports[probe["port"]] == int(port)
     assert "readinessProbe" not in container  # a worker has no Service
+
+
+def test_no_fd_to_accept_with_rests_the_listener_instead_of_spinning(tmp_path):
+    """accept() failing with EMFILE leaves the connection in the backlog, the
+    listener readable: the endpoint takes it out of the selector for a while
+    (a deadline the loop sleeps to), and takes it back when an fd is free."""
+    script = tmp_path / "emfile.py"
+    script.write_text(textwrap.dedent("""
+        import os, resource, selectors, socket, time
+        from graceshell.fleet.http import Endpoint
+        endpoint = Endpoint(("127.0.0.1", 0), lambda path: (200, b"", "text/plain"))
+        selector = selectors.DefaultSelector()
+        endpoint.register(selector)
+        client = socket.create_connection(endpoint.address)
+        spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1)]
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))  # every fd number taken
+        ready = [key.data for key, _ in selector.select(0)]
+        for callback in ready:
+            callback(selectors.EVENT_READ)
+        paused = endpoint.paused_until is not None
+        still_ready = len(selector.select(0))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        endpoint.expire(endpoint.deadline())
+        for key, _ in selector.select(0):
+            key.data(selectors.EVENT_READ)
+        print(paused, still_ready, endpoint.paused_until is None, len(endpoint.connections))
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["True", "0", "True", "1"], out.stdout + out.stderr

@@ -20,6 +20,7 @@ HTTP/1.0 semantics: one request per connection, then close.
 
 from __future__ import annotations
 
+import errno
 import selectors
 import socket
 import time
@@ -36,6 +37,7 @@ CONNECTION_DEADLINE = 2.0
 MAX_CONNECTIONS = 16
 ACCEPTS_PER_TURN = 16
 BACKLOG = 16
+FD_SHORTAGE_PAUSE = 1.0  # seconds the listener rests when graceshell has no fd to accept with
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Request Entity Too Large", 500: "Internal Server Error", 501: "Not Implemented",
             503: "Service Unavailable"}
@@ -101,23 +103,43 @@ class Endpoint:
         self.respond = respond
         self.selector: selectors.BaseSelector | None = None
         self.connections: dict[int, _Connection] = {}
+        # While graceshell has no fd to spare, the listener is out of the
+        # selector until then: a connection waiting in the backlog keeps it
+        # readable, and the loop would spin on it.
+        self.paused_until: float | None = None
 
     def register(self, selector: selectors.BaseSelector) -> None:
         self.selector = selector
         selector.register(self.listener, selectors.EVENT_READ, self._accept)
 
     def deadline(self) -> float | None:
-        """When the oldest connection must be closed; None when none is open (no wake-up)."""
-        return min((c.deadline for c in self.connections.values()), default=None)
+        """When the oldest connection must be closed, or accepting resumes; None when neither (no wake-up)."""
+        due = [c.deadline for c in self.connections.values()]
+        if self.paused_until is not None:
+            due.append(self.paused_until)
+        return min(due, default=None)
 
     def expire(self, now: float) -> None:
         for fd, conn in list(self.connections.items()):
             if now >= conn.deadline:
                 self._close(fd)
+        if self.paused_until is not None and now >= self.paused_until:
+            self._resume()
+
+    def _pause(self) -> None:
+        if self.paused_until is None and self.selector is not None:
+            self.selector.unregister(self.listener)
+        self.paused_until = time.monotonic() + FD_SHORTAGE_PAUSE
+
+    def _resume(self) -> None:
+        if self.paused_until is not None and self.selector is not None:
+            self.selector.register(self.listener, selectors.EVENT_READ, self._accept)
+        self.paused_until = None
 
     def close(self) -> None:
         for fd in list(self.connections):
             self._close(fd)
+        self.paused_until = None
         self._unregister_and_close(self.listener)
 
     # -- events ---------------------------------------------------------------------
@@ -128,8 +150,10 @@ class Endpoint:
                 sock, _peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # EMFILE, ECONNABORTED: the next turn tries again
-                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self._pause()
+                return  # ECONNABORTED: that connection has left the backlog already
             if len(self.connections) >= MAX_CONNECTIONS:
                 sock.close()
                 continue
@@ -198,6 +222,7 @@ class Endpoint:
         if conn is None:
             return
         self._unregister_and_close(conn.sock)
+        self._resume()  # an fd is free again
 
     def _unregister_and_close(self, sock: socket.socket) -> None:
         if self.selector is not None:

@@ -234,13 +234,14 @@ PROVIDERS: dict[str, type[Aws] | type[Gcp] | type[Azure]] = {"aws": Aws, "gcp": 
 
 
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """The project's bounded reader: nesting, number size and control characters are checked (a
+    body of 64 KiB of `[` raised RecursionError through json.loads and ended the watch)."""
+    from graceshell.jsonfile import Unreadable, parse_object
+
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise Problem(f"{what}: not JSON") from None
-    if not isinstance(data, dict):
-        raise Problem(f"{what}: not a JSON object")
-    return data
+        return parse_object(body)
+    except Unreadable as exc:
+        raise Problem(f"{what}: {exc}") from None
 
 
 # -- the watcher thread --------------------------------------------------------------------

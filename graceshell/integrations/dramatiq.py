@@ -59,12 +59,15 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
 
 import dramatiq
+from dramatiq.broker import MessageProxy
 from dramatiq.common import iter_queue
+from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage
 
 from graceshell import jobs, shutdown
@@ -185,6 +188,8 @@ class GraceshellMiddleware(Middleware):
         messages keep their ledger entries; one that cannot go back gets an
         entry, so the report names it. Returns what became of each, for the log."""
         with self._lock:
+            if self._requeued:  # after Worker.stop gave up, and again at the cold TERM: once is all
+                return []
             self._requeued = True
             running = [message for message, _ in self._running.values()]
         consumers = dict(getattr(self.worker, "consumers", None) or {})
@@ -221,9 +226,6 @@ def _stop_fetching(thread: Any) -> None:
 def _held_by_consumer(thread: Any) -> list[tuple[Any, str]]:
     """The messages a consumer thread holds and has not handed to the work
     queue: its delayed ones and its last fetch's rest (the Redis consumer's cache)."""
-    from dramatiq.broker import MessageProxy
-    from dramatiq.message import Message
-
     held = [(item.message, "delayed") for item in iter_queue(thread.delay_queue)]
     cache = getattr(getattr(thread, "consumer", None), "message_cache", None)
     while cache:
@@ -266,9 +268,9 @@ def _sweep_redis_acks(broker: Any, queue_names: list[str]) -> list[dict[str, Any
     consumer thread was handing over, or a fetch that was under way, when
     the rest went back is still there: requeue it as the broker's own
     maintenance would, minutes later, once this process's heartbeat is stale."""
-    from dramatiq.brokers.redis import RedisBroker
-
-    if not isinstance(broker, RedisBroker):
+    # Looked up, not imported: this runs in a signal handler, and a handler must never import.
+    redis_brokers = sys.modules.get("dramatiq.brokers.redis")
+    if redis_brokers is None or not isinstance(broker, redis_brokers.RedisBroker):
         return []  # RabbitMQ gives back a consumer's unacknowledged messages when it disconnects
     outcomes: list[dict[str, Any]] = []
     for queue_name in queue_names:
