@@ -425,18 +425,21 @@ def run(ctx: click.Context, command: tuple[str, ...], name: str | None, **_: Any
         return _not_started(plan, NOT_EXECUTABLE_EXIT, f"{plan.argv[0]}: cannot execute: {reason}", log_format,
                             log_level)
     finally:
-        _ignore_late_stops(plan)
+        _ignore_late_signals()
 
 
-def _ignore_late_stops(plan: RunPlan) -> None:
-    """The report is written and its exit status chosen: a stop that comes now
-    (`start` stopping every process as this one ends) must not change it.
+def _ignore_late_signals() -> None:
+    """The report is written and its exit status chosen: a signal that comes
+    now (`start` stopping every process as this one ends) must not change it.
     Python resets the handlers it installed to the default at exit, and a
-    default TERM would make this run's status 143 after a report of 6."""
+    default TERM would make this run's status 143 after a report of 6. Every
+    signal graceshell was catching is ignored, not the stop signals alone (a
+    late HUP or USR1 would end the process just the same)."""
     import signal
 
-    for signum in plan.stop_signals:
-        signal.signal(signum, signal.SIG_IGN)
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def _not_started(plan: RunPlan, code: int, error: str, log_format: str, log_level: str) -> int:

@@ -43,6 +43,8 @@ def parse_duration(text: str | int | float) -> float:
 def _bounded(seconds: float, text: object) -> float:
     if not seconds <= MAX_DURATION:  # also infinity
         raise ValueError(f"duration {shown(text)} is longer than a week (at most 168h)")
+    if 0 < seconds < 0.0005:  # would round to 0, which means something else (e.g. an immediate step)
+        raise ValueError(f"duration {shown(text)} is under a millisecond (graceshell's finest step)")
     return to_ms(seconds)
 
 

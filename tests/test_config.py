@@ -451,3 +451,11 @@ def test_the_user_says_which_stop_model_applies(tmp_path):
     assert not any("every process" in w for w in mixed["warnings"])
     (flag,) = check_json(tmp_path, "--broadcast", "all", "--", "sleep", "1", env=systemd)["processes"]
     assert flag["broadcast"] == {"value": "all", "from": "--broadcast"}
+
+
+def test_a_duration_under_a_millisecond_is_refused_not_rounded_to_zero():
+    """Durations are kept to the millisecond; 0.4 ms would silently become 0 s
+    (a budget of nothing, an immediate step)."""
+    assert parse_duration("0.5ms") == 0.001 and parse_duration("0") == 0.0
+    with pytest.raises(ValueError, match="under a millisecond"):
+        parse_duration("0.0004s")

@@ -38,7 +38,6 @@ class BusyWatch:
         self.log = log
         self.fd: int | None = None
         self.selector: selectors.BaseSelector | None = None
-        self.listening = False  # the watch fd is in the selector
         self.reported = False
         self.reported_at = -BUSY_INTERVAL
         self.idle_since: float | None = None  # the ledger empty and still since then
@@ -52,9 +51,13 @@ class BusyWatch:
             return None
         self.selector = selector
         selector.register(self.fd, selectors.EVENT_READ)
-        self.listening = True
         self.look(now, changed=False)  # a job may have started while the watch was being set up
         return self.fd
+
+    @property
+    def listening(self) -> bool:
+        """The watch fd is in the selector: between looks it is out (look_at says until when)."""
+        return self.fd is not None and self.look_at is None
 
     def due(self) -> float | None:
         """The next moment the busy state needs graceshell without a wake."""
@@ -67,7 +70,6 @@ class BusyWatch:
             return  # a job's file being written (a dot-file): its rename follows
         assert self.selector is not None and self.fd is not None
         self.selector.unregister(self.fd)
-        self.listening = False
         self.look_at = now + LOOK_INTERVAL
         self.look(now, changed=True)
 
@@ -80,7 +82,7 @@ class BusyWatch:
             else:  # quiet: the next change wakes graceshell at once
                 assert self.selector is not None and self.fd is not None
                 self.selector.register(self.fd, selectors.EVENT_READ)
-                self.listening, self.look_at = True, None
+                self.look_at = None
             self.look(now, changed)
         elif self.check_at is not None and now >= self.check_at:
             self.look(now, changed=False)

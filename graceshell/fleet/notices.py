@@ -389,7 +389,7 @@ def fitted_plan(plan: Any, seconds_left: float | None) -> tuple[Any, bool]:
 
     if seconds_left is None:
         return plan, False
-    budget = round(max(0.0, default_budget(max(0.0, seconds_left))), 3)
+    budget = default_budget(max(0.0, seconds_left))  # to the millisecond already
     if budget >= plan.kill_at:
         return plan, False
     fitted = copy.copy(plan)

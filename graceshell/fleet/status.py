@@ -1,21 +1,14 @@
 """What the endpoint reports, read from the supervisor in one place.
 
 The supervisor hands over a `Status` on each request: its phase and
-counters as they are now. The jobs in flight come from the job ledger
-through `JobSource` (count and oldest start), so how the supervisor watches
-the ledger can change without touching the endpoint.
+counters as they are now; the jobs in flight come from the job ledger.
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs a noticeable share of start-up; it is for the checker only
 if TYPE_CHECKING:
-    from typing import Any, Protocol
-
-    class JobSource(Protocol):
-        def count(self) -> int: ...
-
-        def oldest_start(self) -> float | None: ...
+    from typing import Any
 
 # The phases, in order. `running` is the only ready one.
 RUNNING = "running"  # supervising, no stop yet

@@ -39,10 +39,6 @@ import signal
 from rq.worker import SimpleWorker as _RQSimpleWorker
 from rq.worker import Worker as _RQWorker
 
-# jsonfile is what shutdown and jobs import on first use: imported here, before
-# any signal, because an import is not re-entrant and the handlers below read
-# the shutdown notice (a pool worker gets a TERM and two SIGINTs at once).
-import graceshell.jsonfile  # noqa: F401
 from graceshell import jobs, shutdown
 from graceshell.logs import logger_from_environment
 from graceshell.signals import signal_name
